@@ -1,0 +1,56 @@
+"""Tell people what happened: Slack when it is configured, the log otherwise.
+
+Notifications run beside the lifecycle, never in its way: the workflow does not await them
+before a grant or a revoke, and a failing one is retried, then dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from temporalio import activity
+
+from rolecall.durations import format_duration
+from rolecall.models import Notification, NotifyResult
+
+log = logging.getLogger("rolecall.notify")
+
+
+class Notifier(Protocol):
+    async def send(self, note: Notification) -> NotifyResult: ...
+
+
+def describe(note: Notification) -> str:
+    """One log line per event, with everything an operator needs to act on it."""
+    s = note.status
+    what = f"{s.requester} -> {s.role!r} on {s.instance!r}"
+    if note.event == "requested":
+        dur = format_duration(s.duration or s.requested_duration)
+        return f"request {s.id}: {what} for {dur}, waiting for {', '.join(s.approvers)}"
+    if note.event == "granted":
+        return f"request {s.id}: granted {what} as {s.db_user}, expires {s.expires_at}"
+    if note.event in ("denied", "cancelled"):
+        reason = f" ({s.decision_reason})" if s.decision_reason else ""
+        return f"request {s.id}: {note.event} by {s.decided_by}{reason}"
+    if note.event in ("rejected", "failed"):
+        return f"request {s.id}: {note.event}: {s.error}"
+    if note.event == "revoke_failing":
+        return f"request {s.id}: ALERT revoke of {what} keeps failing: {note.detail}"
+    return f"request {s.id}: {note.event} {what}"
+
+
+class LogNotifier:
+    async def send(self, note: Notification) -> NotifyResult:
+        level = logging.WARNING if note.event == "revoke_failing" else logging.INFO
+        log.log(level, describe(note), extra={"request_id": note.status.id})
+        return NotifyResult()
+
+
+class NotifyActivities:
+    def __init__(self, notifier: Notifier | None = None) -> None:
+        self._notifier: Notifier = notifier or LogNotifier()
+
+    @activity.defn(name="notify")
+    async def notify(self, note: Notification) -> NotifyResult:
+        return await self._notifier.send(note)

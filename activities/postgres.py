@@ -1,0 +1,457 @@
+"""Check, grant and revoke role membership on PostgreSQL.
+
+Role and login names only ever reach SQL as `sql.Identifier` or as bound parameters.
+Connection problems are retryable (Temporal retries them); refusals are typed errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from rolecall.config import ConfigStore, Instance
+from rolecall.durations import format_duration
+from rolecall.errors import (
+    AlreadyMember,
+    BadRequest,
+    DangerousRole,
+    GrantFailed,
+    InstanceUnavailable,
+    NotFound,
+    RevokeNotVerified,
+    RolecallError,
+)
+from rolecall.models import (
+    AccessRequest,
+    CheckResult,
+    GrantInput,
+    GrantResult,
+    Policy,
+    PrepareResult,
+    RevokeInput,
+    RevokeResult,
+)
+
+log = logging.getLogger(__name__)
+
+# The effective grantor of our own GRANTs: PostgreSQL records a superuser's grant as made by
+# the bootstrap superuser (oid 10), anyone else's as made by themselves.
+_OUR_GRANTOR = sql.SQL(
+    "(SELECT CASE WHEN rolsuper THEN 10::oid ELSE oid END FROM pg_roles WHERE rolname = current_user)"
+)
+
+# Every role the target contains, directly or not: a member can reach all of them.
+_CONTAINED = """
+WITH RECURSIVE up(oid, path) AS (
+    SELECT r.oid, ARRAY[r.rolname::text] FROM pg_roles r WHERE r.rolname = %(role)s
+  UNION
+    SELECT m.roleid, up.path || r.rolname::text
+    FROM pg_auth_members m
+    JOIN up ON m.member = up.oid
+    JOIN pg_roles r ON r.oid = m.roleid
+    WHERE NOT r.rolname::text = ANY(up.path)
+)
+SELECT DISTINCT ON (r.oid) r.oid, r.rolname, up.path, r.rolsuper, r.rolcreaterole,
+       r.rolbypassrls, r.rolreplication, r.rolcanlogin
+FROM up JOIN pg_roles r ON r.oid = up.oid
+ORDER BY r.oid, array_length(up.path, 1)
+"""
+
+# Objects owned by any of the roles, in any database (pg_shdepend is cluster-wide).
+_OWNED = """
+SELECT r.rolname, d.datname = current_database() AS here, d.datname,
+       (pg_identify_object(s.classid, s.objid, s.objsubid)).type,
+       (pg_identify_object(s.classid, s.objid, s.objsubid)).identity
+FROM pg_shdepend s
+JOIN pg_roles r ON r.oid = s.refobjid
+LEFT JOIN pg_database d ON d.oid = s.dbid
+WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o' AND s.refobjid = ANY(%(oids)s)
+ORDER BY here DESC NULLS LAST
+LIMIT 1
+"""
+
+# Privileges held WITH GRANT OPTION (in this database, plus cluster-wide objects).
+_GRANT_OPTIONS = """
+SELECT r.rolname, g.kind, g.name, g.privilege FROM (
+    SELECT a.grantee, c.relkind::text AS kind, c.oid::regclass::text AS name, a.privilege_type AS privilege
+      FROM pg_class c, aclexplode(c.relacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'column', c.oid::regclass::text || '.' || quote_ident(at.attname), a.privilege_type
+      FROM pg_attribute at JOIN pg_class c ON c.oid = at.attrelid, aclexplode(at.attacl) a
+      WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'function', p.oid::regprocedure::text, a.privilege_type
+      FROM pg_proc p, aclexplode(p.proacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'schema', quote_ident(n.nspname), a.privilege_type
+      FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'type', t.oid::regtype::text, a.privilege_type
+      FROM pg_type t, aclexplode(t.typacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'database', quote_ident(d.datname), a.privilege_type
+      FROM pg_database d, aclexplode(d.datacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'language', quote_ident(l.lanname), a.privilege_type
+      FROM pg_language l, aclexplode(l.lanacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'tablespace', quote_ident(s.spcname), a.privilege_type
+      FROM pg_tablespace s, aclexplode(s.spcacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'large object', l.oid::text, a.privilege_type
+      FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'foreign server', quote_ident(f.srvname), a.privilege_type
+      FROM pg_foreign_server f, aclexplode(f.srvacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT a.grantee, 'foreign-data wrapper', quote_ident(w.fdwname), a.privilege_type
+      FROM pg_foreign_data_wrapper w, aclexplode(w.fdwacl) a WHERE a.is_grantable
+  UNION ALL
+    SELECT m.member, 'role', quote_ident(m.roleid::regrole::text), 'ADMIN OPTION'
+      FROM pg_auth_members m WHERE m.admin_option
+) g JOIN pg_roles r ON r.oid = g.grantee
+WHERE g.grantee = ANY(%(oids)s)
+LIMIT 1
+"""
+
+_RELKINDS = {
+    "r": "table",
+    "p": "table",
+    "v": "view",
+    "m": "materialized view",
+    "S": "sequence",
+    "f": "foreign table",
+}
+
+_RISKY_ATTRS = [
+    ("rolsuper", "SUPERUSER"),
+    ("rolcreaterole", "CREATEROLE"),
+    ("rolbypassrls", "BYPASSRLS"),
+    ("rolreplication", "REPLICATION"),
+]
+
+
+@dataclass(frozen=True)
+class _Role:
+    oid: int
+    name: str
+
+
+def _via(path: list[str]) -> str:
+    """`through "a" -> "b"` when the risky role is not the requested one."""
+    if len(path) <= 1:
+        return ""
+    return " (through " + " -> ".join(f'"{p}"' for p in path[1:]) + ")"
+
+
+async def assert_safe_role(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], role: str, exempt: bool
+) -> list[str]:
+    """Refuse roles whose access would outlive a REVOKE; return warnings for exempt ones.
+
+    Superuser-grade attributes, login roles and predefined roles are refused always. Owning
+    objects or holding grant options lets a member give themselves lasting access, so those
+    are refused unless the instance lists the role in `unsafe_allowed`.
+    """
+    cur = await conn.execute(_CONTAINED, {"role": role})
+    rows = await cur.fetchall()
+    oids = []
+    for oid, name, path, *flags in rows:
+        oids.append(oid)
+        attrs = dict(zip(["rolsuper", "rolcreaterole", "rolbypassrls", "rolreplication"], flags))
+        for attr, label in _RISKY_ATTRS:
+            if attrs[attr]:
+                raise DangerousRole(
+                    f'role "{role}" is superuser-grade: "{name}"{_via(path)} has {label}'
+                )
+        if flags[4]:
+            raise DangerousRole(
+                f'role "{role}" can log in as "{name}"{_via(path)}: '
+                "login roles are people or services, not lendable roles"
+            )
+        if name.startswith("pg_"):
+            raise DangerousRole(
+                f'role "{role}" is or contains the predefined role "{name}"{_via(path)}, '
+                "which is never lent"
+            )
+    warnings: list[str] = []
+    cur = await conn.execute(_OWNED, {"oids": oids})
+    owned = await cur.fetchone()
+    if owned:
+        owner, here, datname, kind, identity = owned
+        what = f"{kind} {identity}" if here else f"objects in database {datname}"
+        if datname is None:
+            what = f"{kind} {identity}"
+        msg = f'role "{owner}" owns {what}: members could grant themselves lasting access'
+        if not exempt:
+            raise DangerousRole(msg)
+        warnings.append(msg)
+    cur = await conn.execute(_GRANT_OPTIONS, {"oids": oids})
+    grantable = await cur.fetchone()
+    if grantable:
+        holder, kind, name, privilege = grantable
+        kind = _RELKINDS.get(kind, kind)
+        msg = (
+            f'role "{holder}" holds {privilege} on {kind} {name} WITH GRANT OPTION: '
+            "members could grant themselves lasting access"
+        )
+        if privilege == "ADMIN OPTION":
+            msg = (
+                f'role "{holder}" holds ADMIN OPTION on role {name}: '
+                "members could grant themselves lasting access"
+            )
+        if not exempt:
+            raise DangerousRole(msg)
+        warnings.append(msg)
+    return warnings
+
+
+class PostgresActivities:
+    """Activities that touch the target databases; one connection per call, closed after."""
+
+    def __init__(self, config: ConfigStore) -> None:
+        self._config = config
+
+    @asynccontextmanager
+    async def _connect(
+        self, instance: Instance
+    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                instance.dsn(),
+                autocommit=True,
+                connect_timeout=instance.connect_timeout,
+                application_name="rolecall",
+            )
+        except psycopg.OperationalError as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InstanceUnavailable(
+                f"cannot connect to instance {instance.name!r}: {first_line}"
+            ) from e
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def _exists(self, conn: psycopg.AsyncConnection[tuple[object, ...]], name: str) -> bool:
+        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
+        return await cur.fetchone() is not None
+
+    @activity.defn(name="check_request")
+    async def check_request(self, req: AccessRequest) -> CheckResult:
+        """Validate a request against the live config and database; refuse with a reason."""
+        try:
+            return await self._check(req)
+        except RolecallError as e:
+            raise e.to_application_error() from e
+
+    async def _check(self, req: AccessRequest) -> CheckResult:
+        config = self._config.get()
+        inst = config.instance(req.instance)
+        if req.duration.total_seconds() <= 0:
+            raise BadRequest("duration must be positive")
+        if req.duration > inst.max_duration:
+            raise BadRequest(
+                f"duration {format_duration(req.duration)} is over the maximum of "
+                f"{format_duration(inst.max_duration)} on instance {inst.name!r}"
+            )
+        if not inst.is_requestable(req.role):
+            raise NotFound(
+                f"role {req.role!r} is not requestable on instance {inst.name!r} "
+                f"(requestable: {', '.join(inst.roles)})"
+            )
+        db_user = inst.login_for(req.requester)
+        async with self._connect(inst) as conn:
+            if not await self._exists(conn, req.role):
+                raise NotFound(f"role {req.role!r} does not exist on instance {inst.name!r}")
+            if not await self._exists(conn, db_user):
+                raise NotFound(
+                    f"database login {db_user!r} (for {req.requester}) does not exist "
+                    f"on instance {inst.name!r}"
+                )
+            warnings = await assert_safe_role(conn, req.role, req.role in inst.unsafe_allowed)
+            cur = await conn.execute(
+                "SELECT pg_has_role(%s, %s, 'MEMBER'), %s = current_user",
+                [db_user, req.role, db_user],
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if row[1]:
+                raise BadRequest(f"{db_user!r} is rolecall's own admin login on {inst.name!r}")
+            if row[0]:
+                raise AlreadyMember(
+                    f"{db_user!r} already has role {req.role!r} on instance {inst.name!r} "
+                    "(directly or through another role)"
+                )
+        return CheckResult(
+            db_user=db_user,
+            duration=req.duration,
+            warnings=warnings,
+            policy=Policy(
+                approvers=list(inst.approvers),
+                allow_self_approval=inst.allow_self_approval,
+                max_duration=inst.max_duration,
+                approval_timeout=inst.approval_timeout,
+                grant_timeout=inst.grant_timeout,
+                terminate_sessions=inst.terminate_sessions,
+                revoke_alert_after=inst.revoke_alert_after,
+                auto_approve_max=config.pagerduty.auto_approve_max,
+            ),
+        )
+
+    @activity.defn(name="prepare_grant")
+    async def prepare_grant(self, inp: GrantInput) -> PrepareResult:
+        """Decide once, before any grant attempt, whether the membership already exists."""
+        try:
+            inst = self._instance(inp.instance)
+            async with self._connect(inst) as conn:
+                cur = await conn.execute(
+                    """SELECT EXISTS (SELECT 1 FROM pg_auth_members m
+                         JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                         WHERE r.rolname = %s AND u.rolname = %s)""",
+                    [inp.role, inp.db_user],
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return PrepareResult(
+                    pre_existing=bool(row[0]), server_version=conn.info.server_version
+                )
+        except RolecallError as e:
+            raise e.to_application_error() from e
+
+    @activity.defn(name="grant_role")
+    async def grant_role(self, inp: GrantInput) -> GrantResult:
+        """GRANT, idempotently; on 16+ without SET so `SET ROLE` cannot outlive the revoke."""
+        try:
+            inst = self._instance(inp.instance)
+            async with self._connect(inst) as conn:
+                stmt = sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(inp.role), sql.Identifier(inp.db_user)
+                )
+                if conn.info.server_version >= 160000:
+                    stmt += sql.SQL(" WITH INHERIT TRUE, SET FALSE")
+                try:
+                    await conn.execute(stmt)
+                except psycopg.errors.UndefinedObject as e:
+                    raise GrantFailed(
+                        f"role {inp.role!r} or login {inp.db_user!r} no longer exists "
+                        f"on instance {inst.name!r}"
+                    ) from e
+                except psycopg.errors.InsufficientPrivilege as e:
+                    raise GrantFailed(
+                        f"rolecall's admin login may not grant {inp.role!r} on instance "
+                        f"{inst.name!r}: {e.diag.message_primary}"
+                    ) from e
+                cur = await conn.execute(
+                    sql.SQL(
+                        """SELECT g.rolname FROM pg_auth_members m
+                           JOIN pg_roles r ON r.oid = m.roleid
+                           JOIN pg_roles u ON u.oid = m.member
+                           JOIN pg_roles g ON g.oid = m.grantor
+                           WHERE r.rolname = %s AND u.rolname = %s AND m.grantor = {}"""
+                    ).format(_OUR_GRANTOR),
+                    [inp.role, inp.db_user],
+                )
+                row = await cur.fetchone()
+                activity.logger.info("granted %s to %s on %s", inp.role, inp.db_user, inst.name)
+                return GrantResult(granted=True, grantor=str(row[0]) if row else None)
+        except RolecallError as e:
+            raise e.to_application_error() from e
+
+    @activity.defn(name="revoke_role")
+    async def revoke_role(self, inp: RevokeInput) -> RevokeResult:
+        """REVOKE, end the login's older sessions, then prove the access is gone.
+
+        Every failure here is retryable: the workflow retries until the access is provably
+        gone, and alerts the approvers when it takes too many attempts.
+        """
+        try:
+            return await self._revoke(inp)
+        except RolecallError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=False) from e
+        except psycopg.Error as e:
+            raise ApplicationError(
+                f"revoke of {inp.role!r} from {inp.db_user!r} on {inp.instance!r} failed: "
+                f"{type(e).__name__}: {str(e).strip()}",
+                type="RevokeFailed",
+            ) from e
+
+    async def _revoke(self, inp: RevokeInput) -> RevokeResult:
+        inst = self._instance(inp.instance)
+        if inp.pre_existing:
+            return RevokeResult(
+                revoked=False, note="membership predates the request; left in place"
+            )
+        async with self._connect(inst) as conn:
+            try:
+                await conn.execute(
+                    sql.SQL("REVOKE {} FROM {}").format(
+                        sql.Identifier(inp.role), sql.Identifier(inp.db_user)
+                    )
+                )
+            except psycopg.errors.UndefinedObject:
+                # The role or the login was dropped: no membership can remain.
+                return RevokeResult(revoked=True, note="role or login no longer exists")
+            cur = await conn.execute("SELECT clock_timestamp()")
+            row = await cur.fetchone()
+            assert row is not None
+            revoked_at = row[0]
+            terminated = 0
+            if inp.terminate_sessions:
+                cur = await conn.execute(
+                    """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))
+                       FROM pg_stat_activity
+                       WHERE usename = %s AND pid <> pg_backend_pid() AND backend_start < %s""",
+                    [inp.db_user, revoked_at],
+                )
+                row = await cur.fetchone()
+                terminated = int(row[0]) if row else 0
+            await self._verify_revoked(conn, inp, revoked_at)
+        activity.logger.info(
+            "revoked %s from %s on %s (%d sessions ended)",
+            inp.role,
+            inp.db_user,
+            inst.name,
+            terminated,
+        )
+        return RevokeResult(revoked=True, terminated_sessions=terminated)
+
+    async def _verify_revoked(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], inp: RevokeInput, since: object
+    ) -> None:
+        cur = await conn.execute(
+            sql.SQL(
+                """SELECT EXISTS (SELECT 1 FROM pg_auth_members m
+                     JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                     WHERE r.rolname = %s AND u.rolname = %s AND m.grantor = {})"""
+            ).format(_OUR_GRANTOR),
+            [inp.role, inp.db_user],
+        )
+        row = await cur.fetchone()
+        if row and row[0]:
+            raise RevokeNotVerified(
+                f"{inp.db_user!r} is still a member of {inp.role!r} on {inp.instance!r} "
+                "after REVOKE"
+            )
+        if inp.terminate_sessions:
+            cur = await conn.execute(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE usename = %s AND pid <> pg_backend_pid() AND backend_start < %s""",
+                [inp.db_user, since],
+            )
+            row = await cur.fetchone()
+            if row and row[0]:
+                raise RevokeNotVerified(
+                    f"{row[0]} session(s) of {inp.db_user!r} that predate the revoke are "
+                    f"still open on {inp.instance!r}"
+                )
+
+    def _instance(self, name: str) -> Instance:
+        return self._config.get().instance(name)

@@ -1,0 +1,196 @@
+"""The `rolecall` command: request and decide from a shell, run the worker, inspect requests.
+
+Exit codes: 0 done, 2 bad input or not allowed (one clear line on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from rolecall import operations
+from rolecall.config import Settings
+from rolecall.durations import format_duration, parse_duration
+from rolecall.errors import BadRequest, RolecallError
+from rolecall.models import AccessRequest, Decision, RequestStatus
+from rolecall.temporal import connect
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own errors also exit 2, on one line
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(BadRequest(message)))
+
+
+def _fail(err: BaseException) -> int:
+    code = err.exit_code if isinstance(err, RolecallError) else 1
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"rolecall: error: {text}", file=sys.stderr)
+    return code
+
+
+def _duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rolecall", description=__doc__)
+    p.add_argument("--config", help="policy file (default: $ROLECALL_CONFIG or ./rolecall.toml)")
+    p.add_argument("--address", help="Temporal frontend host:port (default: $ROLECALL_TEMPORAL_ADDRESS)")
+    p.add_argument("--namespace", help="Temporal namespace (default: $ROLECALL_TEMPORAL_NAMESPACE)")
+    p.add_argument("--task-queue", help="Temporal task queue (default: $ROLECALL_TASK_QUEUE)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("request", help="request temporary membership of a role")
+    r.add_argument("--instance", required=True)
+    r.add_argument("--role", required=True)
+    r.add_argument("--duration", required=True, type=_duration, help="e.g. 90s, 15m, 2h, 1h30m")
+    r.add_argument("--reason", default="")
+    r.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
+
+    for name, helptext in [
+        ("approve", "approve a pending request"),
+        ("deny", "deny a pending request"),
+        ("cancel", "cancel your own pending request"),
+        ("relinquish", "give back access before it expires"),
+    ]:
+        d = sub.add_parser(name, help=helptext)
+        d.add_argument("id")
+        d.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
+        d.add_argument("--reason", default="")
+
+    st = sub.add_parser("status", help="show one request")
+    st.add_argument("id")
+    st.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="list requests from the Temporal visibility store")
+    ls.add_argument("--state")
+    ls.add_argument("--requester")
+    ls.add_argument("--json", action="store_true")
+
+    sub.add_parser("worker", help="run the Temporal worker")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for arg, field in [
+        ("config", "config"),
+        ("address", "temporal_address"),
+        ("namespace", "temporal_namespace"),
+        ("task_queue", "task_queue"),
+    ]:
+        if getattr(args, arg, None):
+            overrides[field] = getattr(args, arg)
+    return Settings(**overrides)
+
+
+def _print_status(s: RequestStatus) -> None:
+    rows = [
+        ("id", s.id),
+        ("state", s.state.value),
+        ("requester", s.requester),
+        ("instance", s.instance),
+        ("role", s.role),
+        ("db_user", s.db_user),
+        ("duration", format_duration(s.duration or s.requested_duration)),
+        ("reason", s.reason),
+        ("requested_at", s.requested_at),
+        ("decided_by", s.decided_by),
+        ("decided_at", s.decided_at),
+        ("auto_approved", s.auto_approved),
+        ("granted_at", s.granted_at),
+        ("expires_at", s.expires_at),
+        ("revoked_at", s.revoked_at),
+        ("error", s.error),
+    ]
+    for key, value in rows:
+        if value not in (None, ""):
+            print(f"{key:13} {value}")
+    for w in s.warnings:
+        print(f"{'warning':13} {w}")
+    for r in s.refused:
+        print(f"{'refused':13} {r.signal} from {r.actor} at {r.at}: {r.why}")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.command == "worker":
+        import worker
+
+        await worker.run(settings)
+        return 0
+    client = await connect(settings)
+    if args.command == "request":
+        req = AccessRequest(
+            requester=args.actor,
+            instance=args.instance,
+            role=args.role,
+            duration=args.duration,
+            reason=args.reason,
+            source="cli",
+        )
+        status = await operations.submit(client, req, settings.task_queue)
+        print(
+            f"requested {status.role} on {status.instance} as {status.db_user} for "
+            f"{format_duration(status.duration or status.requested_duration)}: {status.state.value}"
+        )
+        for w in status.warnings:
+            print(f"warning: {w}")
+        print(status.id)
+        return 0
+    if args.command in ("approve", "deny", "cancel", "relinquish"):
+        decision = Decision(actor=args.actor, reason=args.reason, via="cli")
+        await operations.decide(client, args.id, args.command, decision)
+        print(f"{args.command} sent for {args.id}")
+        return 0
+    if args.command == "status":
+        status = await operations.get_status(client, args.id)
+        if args.json:
+            print(status.model_dump_json(indent=2))
+        else:
+            _print_status(status)
+        return 0
+    if args.command == "list":
+        rows = await operations.list_requests(client, args.state, args.requester)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(
+                    f"{row['state']:12} {row['started'][:19]}  {row['requester']:28} "
+                    f"{row['instance']}/{row['role']}  {row['id']}"
+                )
+        return 0
+    raise BadRequest(f"unknown command {args.command!r}")
+
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line, never a traceback, for anything we did not foresee
+        return _fail(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Policy (a TOML file) and deployment settings (the environment), validated up front.
+
+`load()` raises `ConfigError` naming the file, the key and what is wrong, so every
+entry point (worker, Slack app, CLI) can refuse to start before it touches anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rolecall.durations import parse_duration
+from rolecall.errors import BadRequest, ConfigError
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = "rolecall.toml"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_GLOB_CHARS = set("*?[")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("write durations as text, e.g. '15m' or '8h'")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Instance(_Strict):
+    """One PostgreSQL server (and database) whose roles can be lent."""
+
+    name: str = ""
+    dsn_env: str = Field(description="environment variable holding the admin DSN")
+    roles: list[str] = Field(min_length=1, description="requestable roles: names or globs")
+    approvers: list[str] = []
+    approver_groups: list[str] = []
+    slack_channel: str | None = None
+    default_duration: Duration = timedelta(hours=1)
+    max_duration: Duration = timedelta(hours=8)
+    approval_timeout: Duration = timedelta(hours=24)
+    grant_timeout: Duration = timedelta(minutes=5)
+    allow_self_approval: bool = False
+    terminate_sessions: bool = True
+    revoke_alert_after: int = Field(default=5, ge=1)
+    login_template: str = "{local}"
+    logins: dict[str, str] = {}
+    unsafe_allowed: list[str] = []
+    connect_timeout: int = Field(default=5, ge=1, le=60)
+
+    @field_validator("approvers")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for email in value:
+            if not _EMAIL.match(email):
+                raise ValueError(f"{email!r} is not an email address")
+        return [e.lower() for e in value]
+
+    @field_validator("logins")
+    @classmethod
+    def _login_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): v for k, v in value.items()}
+
+    @field_validator("login_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(local="x", domain="y", email="x@y")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"{value!r} may only use {{local}}, {{domain}} and {{email}} ({e})"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Instance:
+        if not self.approvers and not self.approver_groups:
+            raise ValueError("needs at least one approver (approvers or approver_groups)")
+        if self.default_duration > self.max_duration:
+            raise ValueError("default_duration is longer than max_duration")
+        return self
+
+    def dsn(self) -> str:
+        value = os.environ.get(self.dsn_env)
+        if not value:
+            raise ConfigError(
+                f"instance {self.name!r}: environment variable {self.dsn_env} "
+                "(its admin DSN) is not set"
+            )
+        return value
+
+    def is_requestable(self, role: str) -> bool:
+        for pattern in self.roles:
+            if _GLOB_CHARS & set(pattern):
+                if fnmatch.fnmatchcase(role, pattern):
+                    return True
+            elif role == pattern:
+                return True
+        return False
+
+    def login_for(self, email: str) -> str:
+        email = email.lower()
+        if email in self.logins:
+            return self.logins[email]
+        local, _, domain = email.partition("@")
+        return self.login_template.format(local=local, domain=domain, email=email)
+
+
+class PagerDuty(_Strict):
+    enabled: bool = False
+    token_env: str = "PAGERDUTY_TOKEN"
+    url: str = "https://api.pagerduty.com"
+    schedule_ids: list[str] = []
+    escalation_policy_ids: list[str] = []
+    max_escalation_level: int = Field(default=1, ge=1)
+    auto_approve_max: Duration = timedelta(hours=1)
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class Slack(_Strict):
+    command: str = "/p0"
+    port: int = Field(default=3000, ge=1, le=65535)
+
+
+class Config(_Strict):
+    instances: dict[str, Instance] = Field(min_length=1)
+    pagerduty: PagerDuty = PagerDuty()
+    slack: Slack = Slack()
+    path: str = ""
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, body in value.items():
+                if not _INSTANCE_NAME.match(name):
+                    raise ValueError(f"instance name {name!r} must be letters, digits, _ . -")
+                if isinstance(body, dict):
+                    body.setdefault("name", name)
+        return value
+
+    def instance(self, name: str) -> Instance:
+        try:
+            return self.instances[name]
+        except KeyError:
+            known = ", ".join(sorted(self.instances))
+            raise BadRequest(f"unknown instance {name!r} (configured: {known})") from None
+
+
+class Settings(BaseSettings):
+    """Deployment settings from the environment (ROLECALL_*), never from the policy file."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLECALL_", extra="ignore")
+
+    config: str = DEFAULT_CONFIG
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "rolecall"
+    temporal_tls: bool = False
+    temporal_tls_cert: str | None = None
+    temporal_tls_key: str | None = None
+    temporal_api_key: SecretStr | None = None
+    metrics_bind: str | None = None
+    log_format: str = "auto"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the policy file; ConfigError says which file, key and problem."""
+    p = Path(path or os.environ.get("ROLECALL_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{p}: config file not found (set ROLECALL_CONFIG, or copy rolecall.example.toml)"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    try:
+        return Config.model_validate({**raw, "path": str(p)})
+    except ValidationError as e:
+        raise ConfigError(f"{p}: {_describe(e)}") from None
+
+
+class ConfigStore:
+    """The policy as it is on disk now: re-read when the file changes, last good kept on error.
+
+    The check activity reads it, so an approver removed from the file stops approving new
+    requests without a worker restart; requests already checked keep their snapshot.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self._config = load(path)
+        self._path = Path(self._config.path)
+        self._mtime = self._stat()
+
+    def _stat(self) -> float:
+        try:
+            return self._path.stat().st_mtime
+        except OSError:
+            return self._mtime
+
+    def get(self) -> Config:
+        mtime = self._stat()
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                self._config = load(self._path)
+            except ConfigError as e:
+                log.error("%s; keeping the previous configuration", e)
+        return self._config

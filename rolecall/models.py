@@ -1,0 +1,207 @@
+"""Payloads shared by the workflow, the activities, the Slack app and the CLI.
+
+Every workflow, activity, signal and query takes one of these models and returns one,
+so the Temporal history holds readable JSON and old histories replay against new code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=False, extra="forbid")
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"  # checked, waiting for a decision
+    APPROVED = "approved"  # decided, grant in progress
+    GRANTED = "granted"
+    REVOKING = "revoking"  # expiry or relinquish reached, revoke in progress (or retrying)
+    REJECTED = "rejected"  # the check refused it before anyone was asked
+    DENIED = "denied"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    RELINQUISHED = "relinquished"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {
+        RequestState.REJECTED,
+        RequestState.DENIED,
+        RequestState.TIMED_OUT,
+        RequestState.CANCELLED,
+        RequestState.FAILED,
+        RequestState.EXPIRED,
+        RequestState.RELINQUISHED,
+    }
+)
+
+
+class AccessRequest(Model):
+    """What a requester asked for; the workflow's only input."""
+
+    requester: str = Field(description="requester's email, lower-case")
+    requester_name: str = ""
+    instance: str
+    role: str
+    duration: timedelta
+    reason: str = ""
+    source: Literal["slack", "cli"] = "cli"
+    slack_user_id: str | None = None
+
+
+class Policy(Model):
+    """The rules that applied to one request, snapshotted by the check activity."""
+
+    approvers: list[str]
+    allow_self_approval: bool = False
+    max_duration: timedelta
+    approval_timeout: timedelta
+    grant_timeout: timedelta
+    terminate_sessions: bool = True
+    revoke_alert_after: int = 5
+    auto_approve_max: timedelta = timedelta(hours=1)
+
+
+class CheckResult(Model):
+    db_user: str
+    duration: timedelta
+    policy: Policy
+    warnings: list[str] = []
+
+
+class OnCallCheck(Model):
+    requester: str
+    instance: str
+
+
+class OnCallResult(Model):
+    on_call: bool
+    checked: bool = True  # False when the check could not be done (error, disabled)
+    detail: str = ""
+
+
+class Decision(Model):
+    """A signal payload: who did it, and why."""
+
+    actor: str = Field(description="email of whoever sent the signal")
+    reason: str = ""
+    via: Literal["slack", "cli"] = "cli"
+
+
+class RefusedSignal(Model):
+    signal: str
+    actor: str
+    why: str
+    at: datetime
+
+
+class GrantInput(Model):
+    request_id: str
+    instance: str
+    role: str
+    db_user: str
+
+
+class PrepareResult(Model):
+    """Recorded once, before the first grant attempt, so retries cannot mistake their own grant."""
+
+    pre_existing: bool
+    server_version: int
+
+
+class GrantResult(Model):
+    granted: bool
+    grantor: str | None = None
+
+
+class RevokeInput(Model):
+    request_id: str
+    instance: str
+    role: str
+    db_user: str
+    terminate_sessions: bool = True
+    pre_existing: bool = False
+    alert_after: int = 5
+
+
+class RevokeResult(Model):
+    revoked: bool
+    terminated_sessions: int = 0
+    note: str = ""
+
+
+class RequestStatus(Model):
+    """The status query's answer and the workflow's result."""
+
+    id: str
+    state: RequestState
+    requester: str
+    requester_name: str = ""
+    instance: str
+    role: str
+    db_user: str | None = None
+    reason: str = ""
+    source: Literal["slack", "cli"] = "cli"
+    requested_duration: timedelta
+    duration: timedelta | None = None
+    requested_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str = ""
+    auto_approved: bool = False
+    on_call_detail: str = ""
+    granted_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    pre_existing: bool = False
+    error: str | None = None
+    error_type: str | None = None
+    warnings: list[str] = []
+    approvers: list[str] = []
+    allow_self_approval: bool = False
+    refused: list[RefusedSignal] = []
+
+
+NotificationEvent = Literal[
+    "requested",
+    "rejected",
+    "approved",
+    "granted",
+    "denied",
+    "timed_out",
+    "cancelled",
+    "failed",
+    "expired",
+    "relinquished",
+    "revoke_failing",
+]
+
+
+class MessageRef(Model):
+    """Where a message was posted, so later notifications update it in place."""
+
+    channel: str
+    ts: str
+
+
+class Notification(Model):
+    event: NotificationEvent
+    status: RequestStatus
+    messages: dict[str, MessageRef] = {}
+    detail: str = ""
+
+
+class NotifyResult(Model):
+    messages: dict[str, MessageRef] = {}

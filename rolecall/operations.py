@@ -1,0 +1,149 @@
+"""What the CLI and the Slack app do to requests, in one place.
+
+Each operation answers quickly and clearly: the request is checked before `submit` returns,
+and a decision is pre-checked against the request's own policy before the signal is sent
+(the workflow checks it again, so this is for the caller's answer, not for security).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes, WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from rolecall.durations import format_duration
+from rolecall.errors import BY_NAME, AlreadyRequested, BadRequest, NotAllowed, NotFound, RolecallError
+from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
+from rolecall.policy import SIGNALS, refusal
+from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, request_id
+from workflows.access_request import AccessRequestWorkflow
+
+
+async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
+    """Start the request's workflow and wait for its check; raise the refusal as an error."""
+    if req.duration <= timedelta(0):
+        raise BadRequest("duration must be positive")
+    req = req.model_copy(update={"requester": req.requester.strip().lower()})
+    wf_id = request_id(req.instance, req.role, req.requester)
+    start = WithStartWorkflowOperation(
+        AccessRequestWorkflow.run,
+        req,
+        id=wf_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(REQUESTER, req.requester),
+                SearchAttributePair(INSTANCE, req.instance),
+                SearchAttributePair(ROLE, req.role),
+                SearchAttributePair(STATE, RequestState.PENDING.value),
+            ]
+        ),
+        static_summary=(
+            f"{req.requester} requests {req.role} on {req.instance} "
+            f"for {format_duration(req.duration)}"
+        ),
+        static_details=f"reason: {req.reason or '(none given)'}\nsource: {req.source}",
+    )
+    try:
+        status = await client.execute_update_with_start_workflow(
+            AccessRequestWorkflow.submitted, start_workflow_operation=start
+        )
+    except WorkflowAlreadyStartedError:
+        raise AlreadyRequested(
+            f"you already have a pending or active request for role {req.role!r} "
+            f"on instance {req.instance!r} ({wf_id})"
+        ) from None
+    except RPCError as e:
+        if e.status == RPCStatusCode.ALREADY_EXISTS:
+            raise AlreadyRequested(
+                f"you already have a pending or active request for role {req.role!r} "
+                f"on instance {req.instance!r} ({wf_id})"
+            ) from None
+        raise
+    if status.state == RequestState.REJECTED:
+        raise error_for(status)
+    return status
+
+
+def error_for(status: RequestStatus) -> RolecallError:
+    cls = BY_NAME.get(status.error_type or "", RolecallError)
+    return cls(status.error or f"request {status.id} is {status.state.value}")
+
+
+def handle(client: Client, request_id: str) -> WorkflowHandle[AccessRequestWorkflow, RequestStatus]:
+    return client.get_workflow_handle_for(AccessRequestWorkflow.run, request_id)
+
+
+async def get_status(client: Client, request_id: str) -> RequestStatus:
+    h = handle(client, request_id)
+    try:
+        desc = await h.describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"no request with id {request_id!r}") from None
+        raise
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        return await h.result()
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise RolecallError(f"request {request_id} ended abnormally: {desc.status.name if desc.status else '?'}")
+    return await h.query(AccessRequestWorkflow.status)
+
+
+async def decide(client: Client, request_id: str, signal: str, decision: Decision) -> RequestStatus:
+    """Pre-check, then send approve / deny / cancel / relinquish; return the status seen."""
+    if signal not in SIGNALS:
+        raise BadRequest(f"unknown action {signal!r}")
+    decision = decision.model_copy(update={"actor": decision.actor.strip().lower()})
+    status = await get_status(client, request_id)
+    why = refusal(signal, decision.actor, status)
+    if why:
+        raise NotAllowed(why)
+    await handle(client, request_id).signal(signal, decision)
+    return status
+
+
+async def list_requests(
+    client: Client, state: str | None = None, requester: str | None = None, limit: int = 200
+) -> list[dict[str, str]]:
+    """Rows from the visibility store: id, state, requester, instance, role, started."""
+    clauses = ['WorkflowType = "AccessRequestWorkflow"']
+    if state:
+        if state not in {s.value for s in RequestState}:
+            raise BadRequest(
+                f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})"
+            )
+        clauses.append(f'{STATE.name} = "{state}"')
+    if requester:
+        clauses.append(f'{REQUESTER.name} = "{_quote(requester.lower())}"')
+    rows: list[dict[str, str]] = []
+    async for wf in client.list_workflows(" AND ".join(clauses), limit=limit):
+        sa = wf.typed_search_attributes
+        rows.append(
+            {
+                "id": wf.id,
+                "state": sa.get(STATE) or "",
+                "requester": sa.get(REQUESTER) or "",
+                "instance": sa.get(INSTANCE) or "",
+                "role": sa.get(ROLE) or "",
+                "started": wf.start_time.isoformat(),
+            }
+        )
+    return rows
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,49 @@
+"""Who may send which decision: one pure function, used by the workflow and by its callers.
+
+Callers (CLI, Slack) run it on the status they query for a fast, clear answer; the workflow
+runs it again on the signal it receives, so a forged or stale caller changes nothing.
+"""
+
+from __future__ import annotations
+
+from rolecall.models import RequestState, RequestStatus
+
+DECISIONS = ("approve", "deny", "cancel")
+SIGNALS = (*DECISIONS, "relinquish")
+
+
+def refusal(signal: str, actor: str, status: RequestStatus) -> str | None:
+    """Why `actor` may not send `signal` to this request now, or None if they may."""
+    actor = actor.strip().lower()
+    state = status.state
+    is_requester = actor == status.requester
+    if signal not in SIGNALS:
+        return f"unknown action {signal!r}"
+    if signal == "relinquish":
+        if not is_requester:
+            return f"only the requester ({status.requester}) can relinquish this access"
+        if state in (RequestState.PENDING, RequestState.APPROVED):
+            return "this access has not been granted yet; cancel the request instead"
+        if state != RequestState.GRANTED:
+            return f"this access is already {label(state)}"
+        return None
+    if state != RequestState.PENDING:
+        if status.auto_approved:
+            return f"already auto-approved ({status.on_call_detail or 'requester on call'})"
+        if status.decided_by:
+            verb = {RequestState.DENIED: "denied", RequestState.CANCELLED: "cancelled"}
+            return f"already {verb.get(state, 'approved')} by {status.decided_by}"
+        return f"this request is already {label(state)}"
+    if status.db_user is None:
+        return "this request is still being checked; try again in a moment"
+    if signal == "cancel":
+        return None if is_requester else "only the requester can cancel a request"
+    if actor not in status.approvers:
+        return f"{actor} is not an approver for instance {status.instance!r}"
+    if signal == "approve" and is_requester and not status.allow_self_approval:
+        return "you can't approve your own request"
+    return None
+
+
+def label(state: RequestState) -> str:
+    return state.value.replace("_", " ")

@@ -1,0 +1,46 @@
+"""One place that builds Temporal clients, so every client uses the pydantic converter."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, TLSConfig
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
+
+from rolecall.config import Settings
+
+REQUESTER = SearchAttributeKey.for_keyword("RolecallRequester")
+INSTANCE = SearchAttributeKey.for_keyword("RolecallInstance")
+ROLE = SearchAttributeKey.for_keyword("RolecallRole")
+STATE = SearchAttributeKey.for_keyword("RolecallState")
+SEARCH_ATTRIBUTES = [REQUESTER, INSTANCE, ROLE, STATE]
+
+
+def dev_server_flags() -> list[str]:
+    """`temporal server start-dev` flags that register rolecall's search attributes."""
+    flags: list[str] = []
+    for key in SEARCH_ATTRIBUTES:
+        flags += ["--search-attribute", f"{key.name}=Keyword"]
+    return flags
+
+
+def request_id(instance: str, role: str, requester: str) -> str:
+    """The workflow ID: one open request per requester, instance and role, by construction."""
+    return f"access/{instance}/{role}/{requester.lower()}"
+
+
+async def connect(settings: Settings | None = None, runtime: Runtime | None = None) -> Client:
+    s = settings or Settings()
+    tls: bool | TLSConfig = s.temporal_tls
+    if s.temporal_tls_cert and s.temporal_tls_key:
+        with open(s.temporal_tls_cert, "rb") as cert, open(s.temporal_tls_key, "rb") as key:
+            tls = TLSConfig(client_cert=cert.read(), client_private_key=key.read())
+    api_key = s.temporal_api_key.get_secret_value() if s.temporal_api_key else None
+    return await Client.connect(
+        s.temporal_address,
+        namespace=s.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=tls if not api_key else (tls or True),
+        api_key=api_key,
+        runtime=runtime,
+    )

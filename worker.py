@@ -1,0 +1,72 @@
+"""The rolecall worker: one process that runs request workflows and their activities."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.notify import NotifyActivities, Notifier
+from activities.pagerduty import PagerDutyActivities
+from activities.postgres import PostgresActivities
+from rolecall.config import ConfigStore, Settings
+from rolecall.temporal import connect
+from workflows.access_request import AccessRequestWorkflow
+
+log = logging.getLogger("rolecall.worker")
+
+
+def build_worker(
+    client: Client,
+    config: ConfigStore,
+    task_queue: str,
+    notifier: Notifier | None = None,
+) -> Worker:
+    """The worker with every workflow and activity registered; tests build theirs here too."""
+    postgres = PostgresActivities(config)
+    pagerduty = PagerDutyActivities(config)
+    notify = NotifyActivities(notifier)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AccessRequestWorkflow],
+        activities=[
+            postgres.check_request,
+            postgres.prepare_grant,
+            postgres.grant_role,
+            postgres.revoke_role,
+            pagerduty.check_oncall,
+            notify.notify,
+        ],
+    )
+
+
+async def run(settings: Settings | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then finish in-flight activities and stop."""
+    settings = settings or Settings()
+    config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
+    client = await connect(settings)
+    worker = build_worker(client, config, settings.task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        log.info(
+            "worker ready: task queue %r on %s (namespace %s), instances: %s",
+            settings.task_queue,
+            settings.temporal_address,
+            settings.temporal_namespace,
+            ", ".join(sorted(config.get().instances)),
+        )
+        await stop.wait()
+        log.info("worker stopping")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run())

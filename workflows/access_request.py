@@ -1,0 +1,353 @@
+"""One durable workflow per access request: check, decide, grant, wait, revoke.
+
+Deterministic: all I/O (config, database, Slack, PagerDuty) happens in activities. The check
+activity returns the policy snapshot the workflow enforces, so the history shows the rules
+that applied. Notifications run in a background chain and never delay a grant or a revoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Literal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.notify import NotifyActivities
+    from activities.pagerduty import PagerDutyActivities
+    from activities.postgres import PostgresActivities
+    from rolecall.durations import format_duration
+    from rolecall.errors import NON_RETRYABLE
+    from rolecall.models import (
+        AccessRequest,
+        Decision,
+        GrantInput,
+        MessageRef,
+        Notification,
+        NotificationEvent,
+        OnCallCheck,
+        OnCallResult,
+        Policy,
+        RefusedSignal,
+        RequestState,
+        RequestStatus,
+        RevokeInput,
+        RevokeResult,
+    )
+    from rolecall.policy import label, refusal
+    from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE
+
+DecisionKind = Literal["approve", "deny", "cancel"]
+
+_CHECK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=NON_RETRYABLE)
+_NOTIFY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
+# Revoke is sacred: it is never given up. Attempts are only counted to know when to alert.
+_REVOKE_BACKOFF = {"initial_interval": timedelta(seconds=1), "maximum_interval": timedelta(seconds=30)}
+_REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
+
+
+def failure_reason(err: BaseException) -> tuple[str, str | None]:
+    """The human message and the rolecall error type of an activity failure."""
+    cause: BaseException | None = err
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message, cause.type
+    if isinstance(cause, TimeoutError):
+        return "timed out (is the database reachable?)", "Timeout"
+    return str(cause), None
+
+
+@workflow.defn
+class AccessRequestWorkflow:
+    @workflow.init
+    def __init__(self, req: AccessRequest) -> None:
+        self._req = req
+        self._status = RequestStatus(
+            id=workflow.info().workflow_id,
+            state=RequestState.PENDING,
+            requester=req.requester.lower(),
+            requester_name=req.requester_name,
+            instance=req.instance,
+            role=req.role,
+            reason=req.reason,
+            source=req.source,
+            requested_duration=req.duration,
+            requested_at=workflow.now(),
+        )
+        self._policy: Policy | None = None
+        self._checked = False
+        self._decision: DecisionKind | None = None
+        self._relinquished: Decision | None = None
+        self._messages: dict[str, MessageRef] = {}
+        self._notify_tail: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, req: AccessRequest) -> RequestStatus:
+        s = self._status
+        self._set_state(RequestState.PENDING, "checking the request")
+        try:
+            check = await workflow.execute_activity_method(
+                PostgresActivities.check_request,
+                req,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_CHECK_RETRY,
+            )
+        except ActivityError as e:
+            s.error, s.error_type = failure_reason(e)
+            self._checked = True
+            return await self._finish(RequestState.REJECTED, "rejected")
+
+        policy = self._policy = check.policy
+        s.db_user = check.db_user
+        s.duration = check.duration
+        s.warnings = check.warnings
+        s.approvers = policy.approvers
+        s.allow_self_approval = policy.allow_self_approval
+        self._checked = True
+
+        oncall = await self._check_oncall()
+        s.on_call_detail = oncall.detail
+        if oncall.on_call:
+            s.auto_approved = True
+            s.decided_by = "pagerduty"
+            s.decided_at = workflow.now()
+            s.decision_reason = oncall.detail
+            if check.duration > policy.auto_approve_max:
+                s.duration = policy.auto_approve_max
+                s.warnings = [
+                    *s.warnings,
+                    f"auto-approved access is capped at {format_duration(policy.auto_approve_max)}"
+                    f" (asked for {format_duration(check.duration)})",
+                ]
+            self._decision = "approve"
+            self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+        else:
+            self._set_state(RequestState.PENDING, "waiting for an approver")
+            self._notify("requested")
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None,
+                    timeout=policy.approval_timeout,
+                    timeout_summary="approval timeout",
+                )
+            except asyncio.TimeoutError:
+                s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
+                return await self._finish(RequestState.TIMED_OUT, "timed_out")
+
+        if self._decision == "deny":
+            return await self._finish(RequestState.DENIED, "denied")
+        if self._decision == "cancel":
+            return await self._finish(RequestState.CANCELLED, "cancelled")
+        if not s.auto_approved:
+            self._set_state(RequestState.APPROVED, f"approved by {s.decided_by}, granting")
+        self._notify("approved")
+        return await self._grant_then_revoke(policy)
+
+    async def _grant_then_revoke(self, policy: Policy) -> RequestStatus:
+        s = self._status
+        assert s.db_user is not None and s.duration is not None
+        grant = GrantInput(request_id=s.id, instance=s.instance, role=s.role, db_user=s.db_user)
+        grant_retry = RetryPolicy(
+            maximum_interval=timedelta(seconds=15), non_retryable_error_types=NON_RETRYABLE
+        )
+        try:
+            prep = await workflow.execute_activity_method(
+                PostgresActivities.prepare_grant,
+                grant,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=policy.grant_timeout,
+                retry_policy=grant_retry,
+            )
+            s.pre_existing = prep.pre_existing
+            if not prep.pre_existing:
+                await workflow.execute_activity_method(
+                    PostgresActivities.grant_role,
+                    grant,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    schedule_to_close_timeout=policy.grant_timeout,
+                    retry_policy=grant_retry,
+                )
+        except ActivityError as e:
+            s.error, s.error_type = failure_reason(e)
+            s.error = f"grant failed: {s.error}"
+            if s.error_type != "GrantFailed" and not s.pre_existing:
+                # The grant may have committed before its answer was lost: take it back.
+                self._set_state(RequestState.REVOKING, "grant failed, making sure nothing stays")
+                await self._revoke(policy)
+            return await self._finish(RequestState.FAILED, "failed")
+
+        s.granted_at = workflow.now()
+        s.expires_at = s.granted_at + s.duration
+        self._set_state(RequestState.GRANTED, f"granted until {s.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+        self._notify("granted")
+        final = RequestState.EXPIRED
+        try:
+            await workflow.wait_condition(
+                lambda: self._relinquished is not None,
+                timeout=s.duration,
+                timeout_summary="grant expiry",
+            )
+            final = RequestState.RELINQUISHED
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            # Cancelled from the Temporal UI or CLI: treat it as relinquished by an operator.
+            s.decision_reason = "workflow cancelled by an operator"
+            final = RequestState.RELINQUISHED
+        self._set_state(RequestState.REVOKING, f"{label(final)}, revoking")
+        result = await self._revoke(policy)
+        s.revoked_at = workflow.now()
+        if result.note:
+            s.warnings = [*s.warnings, result.note]
+        event: NotificationEvent = "expired" if final == RequestState.EXPIRED else "relinquished"
+        return await self._finish(final, event)
+
+    async def _revoke(self, policy: Policy) -> RevokeResult:
+        """Retry until PostgreSQL confirms the access is gone; alert, but never give up."""
+        s = self._status
+        assert s.db_user is not None
+        inp = RevokeInput(
+            request_id=s.id,
+            instance=s.instance,
+            role=s.role,
+            db_user=s.db_user,
+            terminate_sessions=policy.terminate_sessions,
+            pre_existing=s.pre_existing,
+            alert_after=policy.revoke_alert_after,
+        )
+        max_attempts = policy.revoke_alert_after
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    PostgresActivities.revoke_role,
+                    inp,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(**_REVOKE_BACKOFF, maximum_attempts=max_attempts),
+                )
+            except ActivityError as e:
+                reason, _ = failure_reason(e)
+                workflow.logger.error("revoke of %s is failing: %s", s.id, reason)
+                self._notify("revoke_failing", reason)
+                if max_attempts == 0:
+                    await workflow.sleep(_REVOKE_PAUSE_AFTER_NON_RETRYABLE)
+                max_attempts = 0
+
+    async def _check_oncall(self) -> OnCallResult:
+        try:
+            return await workflow.execute_activity_method(
+                PagerDutyActivities.check_oncall,
+                OnCallCheck(requester=self._status.requester, instance=self._status.instance),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as e:
+            reason, _ = failure_reason(e)
+            return OnCallResult(on_call=False, checked=False, detail=f"on-call check failed: {reason}")
+
+    async def _finish(self, state: RequestState, event: NotificationEvent) -> RequestStatus:
+        self._set_state(state, self._status.error or label(state))
+        self._notify(event)
+        if self._notify_tail is not None:
+            await self._notify_tail
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._status
+
+    # ---- state, visibility, notifications -------------------------------------------------
+
+    def _set_state(self, state: RequestState, details: str) -> None:
+        s = self._status
+        s.state = state
+        workflow.upsert_search_attributes(
+            [
+                STATE.value_set(state.value),
+                REQUESTER.value_set(s.requester),
+                INSTANCE.value_set(s.instance),
+                ROLE.value_set(s.role),
+            ]
+        )
+        workflow.set_current_details(
+            f"**{state.value}**: {details}\n\n"
+            f"requester `{s.requester}` (login `{s.db_user or '?'}`), role `{s.role}` "
+            f"on `{s.instance}`"
+        )
+
+    def _notify(self, event: NotificationEvent, detail: str = "") -> None:
+        """Queue a notification behind the previous one; the caller does not wait for it."""
+        previous = self._notify_tail
+        snapshot = self._status.model_copy(deep=True)
+
+        async def send() -> None:
+            if previous is not None:
+                await previous
+            try:
+                result = await workflow.execute_activity_method(
+                    NotifyActivities.notify,
+                    Notification(
+                        event=event, status=snapshot, messages=dict(self._messages), detail=detail
+                    ),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    schedule_to_close_timeout=timedelta(minutes=10),
+                    retry_policy=_NOTIFY_RETRY,
+                )
+                self._messages.update(result.messages)
+            except ActivityError as e:
+                workflow.logger.warning("notification %s for %s dropped: %s", event, snapshot.id, e)
+
+        self._notify_tail = asyncio.create_task(send())
+
+    # ---- messages ------------------------------------------------------------------------
+
+    @workflow.update
+    async def submitted(self) -> RequestStatus:
+        """Answers once the check is done, so the requester learns at once if it was refused."""
+        await workflow.wait_condition(lambda: self._checked)
+        return self._status
+
+    @workflow.query
+    def status(self) -> RequestStatus:
+        return self._status
+
+    @workflow.signal
+    def approve(self, d: Decision) -> None:
+        self._decide("approve", d)
+
+    @workflow.signal
+    def deny(self, d: Decision) -> None:
+        self._decide("deny", d)
+
+    @workflow.signal
+    def cancel(self, d: Decision) -> None:
+        self._decide("cancel", d)
+
+    @workflow.signal
+    def relinquish(self, d: Decision) -> None:
+        if self._refused("relinquish", d):
+            return
+        self._relinquished = d
+        self._status.decision_reason = d.reason or self._status.decision_reason
+
+    def _decide(self, kind: DecisionKind, d: Decision) -> None:
+        if self._refused(kind, d):
+            return
+        s = self._status
+        self._decision = kind
+        s.decided_by = d.actor.lower()
+        s.decided_at = workflow.now()
+        s.decision_reason = d.reason
+
+    def _refused(self, signal: str, d: Decision) -> bool:
+        why = refusal(signal, d.actor, self._status)
+        if why is None:
+            return False
+        workflow.logger.warning("refused %s from %s on %s: %s", signal, d.actor, self._status.id, why)
+        self._status.refused.append(
+            RefusedSignal(signal=signal, actor=d.actor.lower(), why=why, at=workflow.now())
+        )
+        return True

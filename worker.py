@@ -10,7 +10,7 @@ import signal
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.notify import NotifyActivities, Notifier
+from activities.notify import Notifier, NotifyActivities, no_approver_groups
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from rolecall.config import ConfigStore, Settings
@@ -41,6 +41,7 @@ def build_worker(
             postgres.revoke_role,
             pagerduty.check_oncall,
             notify.notify,
+            no_approver_groups,
         ],
     )
 

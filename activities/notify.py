@@ -10,9 +10,10 @@ import logging
 from typing import Protocol
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from rolecall.durations import format_duration
-from rolecall.models import Notification, NotifyResult
+from rolecall.models import ApproverGroups, Approvers, Notification, NotifyResult
 
 log = logging.getLogger("rolecall.notify")
 
@@ -54,3 +55,13 @@ class NotifyActivities:
     @activity.defn(name="notify")
     async def notify(self, note: Notification) -> NotifyResult:
         return await self._notifier.send(note)
+
+
+@activity.defn(name="expand_approver_groups")
+async def no_approver_groups(inp: ApproverGroups) -> Approvers:
+    """Without Slack, group approvers cannot be looked up: say so instead of guessing."""
+    raise ApplicationError(
+        f"approver groups {', '.join(inp.groups)} need Slack, which is not configured",
+        type="ConfigError",
+        non_retryable=True,
+    )

@@ -18,6 +18,4 @@ class PagerDutyActivities:
         pd = self._config.get().pagerduty
         if not pd.enabled:
             return OnCallResult(on_call=False, checked=False, detail="auto-approval disabled")
-        return OnCallResult(
-            on_call=False, checked=False, detail="PagerDuty on-call check not available yet"
-        )
+        return OnCallResult(on_call=False, checked=False, detail="PagerDuty on-call check not available yet")

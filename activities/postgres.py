@@ -165,12 +165,12 @@ async def assert_safe_role(
     oids = []
     for oid, name, path, *flags in rows:
         oids.append(oid)
-        attrs = dict(zip(["rolsuper", "rolcreaterole", "rolbypassrls", "rolreplication"], flags))
+        attrs = dict(
+            zip(["rolsuper", "rolcreaterole", "rolbypassrls", "rolreplication"], flags[:4], strict=True)
+        )
         for attr, label in _RISKY_ATTRS:
             if attrs[attr]:
-                raise DangerousRole(
-                    f'role "{role}" is superuser-grade: "{name}"{_via(path)} has {label}'
-                )
+                raise DangerousRole(f'role "{role}" is superuser-grade: "{name}"{_via(path)} has {label}')
         if flags[4]:
             raise DangerousRole(
                 f'role "{role}" can log in as "{name}"{_via(path)}: '
@@ -178,8 +178,7 @@ async def assert_safe_role(
             )
         if name.startswith("pg_"):
             raise DangerousRole(
-                f'role "{role}" is or contains the predefined role "{name}"{_via(path)}, '
-                "which is never lent"
+                f'role "{role}" is or contains the predefined role "{name}"{_via(path)}, which is never lent'
             )
     warnings: list[str] = []
     cur = await conn.execute(_OWNED, {"oids": oids})
@@ -232,9 +231,7 @@ class PostgresActivities:
             )
         except psycopg.OperationalError as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InstanceUnavailable(
-                f"cannot connect to instance {instance.name!r}: {first_line}"
-            ) from e
+            raise InstanceUnavailable(f"cannot connect to instance {instance.name!r}: {first_line}") from e
         try:
             yield conn
         finally:
@@ -296,6 +293,8 @@ class PostgresActivities:
             warnings=warnings,
             policy=Policy(
                 approvers=list(inst.approvers),
+                approver_groups=list(inst.approver_groups),
+                slack_channel=inst.slack_channel,
                 allow_self_approval=inst.allow_self_approval,
                 max_duration=inst.max_duration,
                 approval_timeout=inst.approval_timeout,
@@ -320,9 +319,7 @@ class PostgresActivities:
                 )
                 row = await cur.fetchone()
                 assert row is not None
-                return PrepareResult(
-                    pre_existing=bool(row[0]), server_version=conn.info.server_version
-                )
+                return PrepareResult(pre_existing=bool(row[0]), server_version=conn.info.server_version)
         except RolecallError as e:
             raise e.to_application_error() from e
 
@@ -332,9 +329,7 @@ class PostgresActivities:
         try:
             inst = self._instance(inp.instance)
             async with self._connect(inst) as conn:
-                stmt = sql.SQL("GRANT {} TO {}").format(
-                    sql.Identifier(inp.role), sql.Identifier(inp.db_user)
-                )
+                stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
                 if conn.info.server_version >= 160000:
                     stmt += sql.SQL(" WITH INHERIT TRUE, SET FALSE")
                 try:
@@ -386,15 +381,11 @@ class PostgresActivities:
     async def _revoke(self, inp: RevokeInput) -> RevokeResult:
         inst = self._instance(inp.instance)
         if inp.pre_existing:
-            return RevokeResult(
-                revoked=False, note="membership predates the request; left in place"
-            )
+            return RevokeResult(revoked=False, note="membership predates the request; left in place")
         async with self._connect(inst) as conn:
             try:
                 await conn.execute(
-                    sql.SQL("REVOKE {} FROM {}").format(
-                        sql.Identifier(inp.role), sql.Identifier(inp.db_user)
-                    )
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
                 )
             except psycopg.errors.UndefinedObject:
                 # The role or the login was dropped: no membership can remain.
@@ -437,8 +428,7 @@ class PostgresActivities:
         row = await cur.fetchone()
         if row and row[0]:
             raise RevokeNotVerified(
-                f"{inp.db_user!r} is still a member of {inp.role!r} on {inp.instance!r} "
-                "after REVOKE"
+                f"{inp.db_user!r} is still a member of {inp.role!r} on {inp.instance!r} after REVOKE"
             )
         if inp.terminate_sessions:
             cur = await conn.execute(

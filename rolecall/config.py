@@ -92,9 +92,7 @@ class Instance(_Strict):
         try:
             value.format(local="x", domain="y", email="x@y")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(
-                f"{value!r} may only use {{local}}, {{domain}} and {{email}} ({e})"
-            ) from None
+            raise ValueError(f"{value!r} may only use {{local}}, {{domain}} and {{email}} ({e})") from None
         return value
 
     @model_validator(mode="after")
@@ -109,8 +107,7 @@ class Instance(_Strict):
         value = os.environ.get(self.dsn_env)
         if not value:
             raise ConfigError(
-                f"instance {self.name!r}: environment variable {self.dsn_env} "
-                "(its admin DSN) is not set"
+                f"instance {self.name!r}: environment variable {self.dsn_env} (its admin DSN) is not set"
             )
         return value
 

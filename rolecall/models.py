@@ -65,6 +65,8 @@ class Policy(Model):
     """The rules that applied to one request, snapshotted by the check activity."""
 
     approvers: list[str]
+    approver_groups: list[str] = []
+    slack_channel: str | None = None
     allow_self_approval: bool = False
     max_duration: timedelta
     approval_timeout: timedelta
@@ -89,6 +91,17 @@ class OnCallCheck(Model):
 class OnCallResult(Model):
     on_call: bool
     checked: bool = True  # False when the check could not be done (error, disabled)
+    detail: str = ""
+
+
+class ApproverGroups(Model):
+    """Slack user groups whose members may approve; expanded once, when the request is checked."""
+
+    groups: list[str]
+
+
+class Approvers(Model):
+    emails: list[str]
     detail: str = ""
 
 

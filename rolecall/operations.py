@@ -17,14 +17,22 @@ from temporalio.client import (
 )
 from temporalio.common import (
     SearchAttributePair,
-    TypedSearchAttributes, WorkflowIDConflictPolicy,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from rolecall.durations import format_duration
-from rolecall.errors import BY_NAME, AlreadyRequested, BadRequest, NotAllowed, NotFound, RolecallError
+from rolecall.errors import (
+    BY_NAME,
+    AlreadyRequested,
+    BadRequest,
+    NotAllowed,
+    NotFound,
+    RolecallError,
+)
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import SIGNALS, refusal
 from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, request_id
@@ -53,8 +61,7 @@ async def submit(client: Client, req: AccessRequest, task_queue: str) -> Request
             ]
         ),
         static_summary=(
-            f"{req.requester} requests {req.role} on {req.instance} "
-            f"for {format_duration(req.duration)}"
+            f"{req.requester} requests {req.role} on {req.instance} for {format_duration(req.duration)}"
         ),
         static_details=f"reason: {req.reason or '(none given)'}\nsource: {req.source}",
     )
@@ -99,7 +106,9 @@ async def get_status(client: Client, request_id: str) -> RequestStatus:
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         return await h.result()
     if desc.status != WorkflowExecutionStatus.RUNNING:
-        raise RolecallError(f"request {request_id} ended abnormally: {desc.status.name if desc.status else '?'}")
+        raise RolecallError(
+            f"request {request_id} ended abnormally: {desc.status.name if desc.status else '?'}"
+        )
     return await h.query(AccessRequestWorkflow.status)
 
 
@@ -123,9 +132,7 @@ async def list_requests(
     clauses = ['WorkflowType = "AccessRequestWorkflow"']
     if state:
         if state not in {s.value for s in RequestState}:
-            raise BadRequest(
-                f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})"
-            )
+            raise BadRequest(f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})")
         clauses.append(f'{STATE.name} = "{state}"')
     if requester:
         clauses.append(f'{REQUESTER.name} = "{_quote(requester.lower())}"')

@@ -234,9 +234,7 @@ class Stack:
 
         return await asyncio.to_thread(call)
 
-    async def request(
-        self, login: str, role: str, duration: str = "1h", reason: str = "testing"
-    ) -> str:
+    async def request(self, login: str, role: str, duration: str = "1h", reason: str = "testing") -> str:
         r = await self.cli(
             "request", "--instance", "pg", "--role", role, "--duration", duration,
             "--reason", reason, "--as", f"{login}@example.com",
@@ -247,9 +245,7 @@ class Stack:
     async def status(self, request_id: str) -> RequestStatus:
         return await get_status(self.client, request_id)
 
-    async def wait_state(
-        self, request_id: str, *states: RequestState, timeout: float = 30
-    ) -> RequestStatus:
+    async def wait_state(self, request_id: str, *states: RequestState, timeout: float = 30) -> RequestStatus:
         """Poll the status until it reaches one of `states`, with a deadline."""
         deadline = time.monotonic() + timeout
         status = await self.status(request_id)

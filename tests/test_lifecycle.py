@@ -104,9 +104,7 @@ async def test_duplicate_request_refused_then_allowed_after_close(make_stack, ro
     await stack.wait_state(rid, RequestState.CANCELLED)
     # A closed request's ID can be used again.
     assert await stack.request(login, role) == rid
-    await eventually(
-        lambda: _is_pending(stack, rid), timeout=10, what="the second request to be pending"
-    )
+    await eventually(lambda: _is_pending(stack, rid), timeout=10, what="the second request to be pending")
 
 
 async def _is_pending(stack, rid: str) -> bool:

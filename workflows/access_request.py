@@ -8,6 +8,7 @@ that applied. Notifications run in a background chain and never delay a grant or
 from __future__ import annotations
 
 import asyncio
+import builtins
 from datetime import timedelta
 from typing import Literal
 
@@ -23,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
     from rolecall.errors import NON_RETRYABLE
     from rolecall.models import (
         AccessRequest,
+        ApproverGroups,
+        Approvers,
         Decision,
         GrantInput,
         MessageRef,
@@ -45,7 +48,10 @@ DecisionKind = Literal["approve", "deny", "cancel"]
 _CHECK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=NON_RETRYABLE)
 _NOTIFY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 # Revoke is sacred: it is never given up. Attempts are only counted to know when to alert.
-_REVOKE_BACKOFF = {"initial_interval": timedelta(seconds=1), "maximum_interval": timedelta(seconds=30)}
+_REVOKE_BACKOFF = {
+    "initial_interval": timedelta(seconds=1),
+    "maximum_interval": timedelta(seconds=30),
+}
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
 
 
@@ -105,6 +111,8 @@ class AccessRequestWorkflow:
             return await self._finish(RequestState.REJECTED, "rejected")
 
         policy = self._policy = check.policy
+        if policy.approver_groups:
+            policy.approvers = await self._expand_groups(policy)
         s.db_user = check.db_user
         s.duration = check.duration
         s.warnings = check.warnings
@@ -137,7 +145,7 @@ class AccessRequestWorkflow:
                     timeout=policy.approval_timeout,
                     timeout_summary="approval timeout",
                 )
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
                 return await self._finish(RequestState.TIMED_OUT, "timed_out")
 
@@ -195,7 +203,7 @@ class AccessRequestWorkflow:
                 timeout_summary="grant expiry",
             )
             final = RequestState.RELINQUISHED
-        except asyncio.TimeoutError:
+        except builtins.TimeoutError:
             pass
         except asyncio.CancelledError:
             # Cancelled from the Temporal UI or CLI: treat it as relinquished by an operator.
@@ -238,6 +246,23 @@ class AccessRequestWorkflow:
                 if max_attempts == 0:
                     await workflow.sleep(_REVOKE_PAUSE_AFTER_NON_RETRYABLE)
                 max_attempts = 0
+
+    async def _expand_groups(self, policy: Policy) -> list[str]:
+        """Members of the approver groups join the approvers; a failure leaves the listed ones."""
+        try:
+            found = await workflow.execute_activity(
+                "expand_approver_groups",
+                ApproverGroups(groups=policy.approver_groups),
+                result_type=Approvers,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(minutes=2),
+            )
+        except ActivityError as e:
+            reason, _ = failure_reason(e)
+            workflow.logger.warning("approver groups not expanded: %s", reason)
+            self._status.warnings.append(f"approver groups could not be read: {reason}")
+            return policy.approvers
+        return sorted({*policy.approvers, *(e.lower() for e in found.emails)})
 
     async def _check_oncall(self) -> OnCallResult:
         try:
@@ -289,9 +314,7 @@ class AccessRequestWorkflow:
             try:
                 result = await workflow.execute_activity_method(
                     NotifyActivities.notify,
-                    Notification(
-                        event=event, status=snapshot, messages=dict(self._messages), detail=detail
-                    ),
+                    Notification(event=event, status=snapshot, messages=dict(self._messages), detail=detail),
                     start_to_close_timeout=timedelta(seconds=30),
                     schedule_to_close_timeout=timedelta(minutes=10),
                     retry_policy=_NOTIFY_RETRY,

@@ -91,6 +91,8 @@ class OnCallCheck(Model):
 class OnCallResult(Model):
     on_call: bool
     checked: bool = True  # False when the check could not be done (error, disabled)
+    # Shown verbatim to approvers when non-empty: why it was auto-approved, or why the
+    # on-call check could not be done. Empty when auto-approval is off or the user is not on call.
     detail: str = ""
 
 
@@ -167,6 +169,8 @@ class RequestStatus(Model):
     db_user: str | None = None
     reason: str = ""
     source: Literal["slack", "cli"] = "cli"
+    slack_user_id: str | None = None
+    approver_channel: str | None = None
     requested_duration: timedelta
     duration: timedelta | None = None
     requested_at: datetime

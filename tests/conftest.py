@@ -162,8 +162,18 @@ def temporal_address(temporal: WorkflowEnvironment) -> str:
 # ---- the stack under test ---------------------------------------------------------------
 
 
-def write_config(path: Path, roles: list[str], approvers: list[str], **extra: Any) -> Path:
-    """A policy file with one instance, `pg`, on the test database."""
+def write_config(
+    path: Path,
+    roles: list[str],
+    approvers: list[str],
+    sections: dict[str, dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Path:
+    """A policy file with one instance, `pg`, on the test database.
+
+    `extra` goes into the instance's table; `sections` adds top-level tables such as
+    `{"pagerduty": {"enabled": True}}`.
+    """
     lines = [
         "[instances.pg]",
         f'dsn_env = "{ADMIN_DSN_ENV}"',
@@ -172,6 +182,9 @@ def write_config(path: Path, roles: list[str], approvers: list[str], **extra: An
     ]
     for key, value in extra.items():
         lines.append(f"{key} = {_toml_value(value)}")
+    for section, body in (sections or {}).items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in body.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -282,12 +295,17 @@ async def make_stack(
     async with contextlib.AsyncExitStack() as exits:
 
         async def make(
-            roles: list[str], approvers: list[str] | None = None, worker: bool = True, **extra: Any
+            roles: list[str],
+            approvers: list[str] | None = None,
+            worker: bool = True,
+            sections: dict[str, dict[str, Any]] | None = None,
+            **extra: Any,
         ) -> Stack:
             path = write_config(
                 tmp_path / f"rolecall-{uuid.uuid4().hex[:6]}.toml",
                 roles,
                 approvers or ["dba@example.com"],
+                sections,
                 **extra,
             )
             stack = Stack(

@@ -81,6 +81,7 @@ class AccessRequestWorkflow:
             role=req.role,
             reason=req.reason,
             source=req.source,
+            slack_user_id=req.slack_user_id,
             requested_duration=req.duration,
             requested_at=workflow.now(),
         )
@@ -117,6 +118,7 @@ class AccessRequestWorkflow:
         s.duration = check.duration
         s.warnings = check.warnings
         s.approvers = policy.approvers
+        s.approver_channel = policy.slack_channel
         s.allow_self_approval = policy.allow_self_approval
         self._checked = True
 

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
 
     sub.add_parser("worker", help="run the Temporal worker")
+    sub.add_parser("setup", help="register rolecall's search attributes in the namespace (idempotent)")
     return p
 
 
@@ -129,6 +130,12 @@ async def _run(args: argparse.Namespace) -> int:
         await worker.run(settings)
         return 0
     client = await connect(settings)
+    if args.command == "setup":
+        from rolecall.setup import register_search_attributes
+
+        added = await register_search_attributes(client, settings.temporal_namespace)
+        print(f"search attributes added: {', '.join(added)}" if added else "search attributes: up to date")
+        return 0
     if args.command == "request":
         req = AccessRequest(
             requester=args.actor,

@@ -1,0 +1,151 @@
+"""`make run`: the whole product on one machine, state kept under .rolecall/.
+
+Starts the Temporal dev server (UI on :8233, SQLite file, rolecall's search attributes),
+an embedded demo PostgreSQL seeded from deploy/demo.sql, the worker, and the Slack app when
+its tokens are set. Ctrl-C stops all of it; the next start finds the earlier requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from rolecall.temporal import dev_server_flags
+
+ROOT = Path.cwd()
+STATE = ROOT / ".rolecall"
+TEMPORAL_PORT = int(os.environ.get("ROLECALL_DEV_TEMPORAL_PORT", "7233"))
+UI_PORT = int(os.environ.get("ROLECALL_DEV_UI_PORT", "8233"))
+
+
+def say(message: str) -> None:
+    print(f"[rolecall] {message}", flush=True)
+
+
+def ensure_config() -> Path:
+    config = Path(os.environ.get("ROLECALL_CONFIG", "rolecall.toml"))
+    if not config.exists():
+        shutil.copyfile(ROOT / "rolecall.example.toml", config)
+        say(f"created {config} from rolecall.example.toml (edit it to add your instances)")
+    return config
+
+
+def start_postgres() -> str:
+    import pgserver  # type: ignore[import-untyped]
+
+    server = pgserver.get_server(STATE / "pg", cleanup_mode="stop")
+    dsn = str(server.get_uri())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute((ROOT / "deploy" / "demo.sql").read_text(encoding="utf-8").encode())
+    say(f"demo PostgreSQL ready: psql '{dsn.replace('postgres:@', 'alice@')}' (as alice)")
+    return dsn
+
+
+def start_temporal() -> subprocess.Popen[bytes]:
+    binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    cmd = [
+        binary,
+        "server",
+        "start-dev",
+        "--port",
+        str(TEMPORAL_PORT),
+        "--ui-port",
+        str(UI_PORT),
+        "--db-filename",
+        str(STATE / "temporal.db"),
+        "--log-level",
+        "warn",
+        *dev_server_flags(),
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not _temporal_ready():
+        if proc.poll() is not None:
+            raise SystemExit(f"rolecall: the Temporal dev server exited ({proc.returncode})")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise SystemExit("rolecall: the Temporal dev server did not start within 30 s")
+        time.sleep(0.2)
+    say(f"Temporal dev server on localhost:{TEMPORAL_PORT}, UI at http://localhost:{UI_PORT}")
+    return proc
+
+
+def _temporal_ready() -> bool:
+    from rolecall.config import Settings
+    from rolecall.temporal import connect
+
+    async def probe() -> bool:
+        try:
+            client = await connect(Settings(temporal_address=f"localhost:{TEMPORAL_PORT}"))
+            await client.service_client.check_health()
+            return True
+        except Exception:
+            return False
+
+    return asyncio.run(probe())
+
+
+def main() -> int:
+    STATE.mkdir(exist_ok=True)
+    config = ensure_config()
+    env = dict(os.environ)
+    env["ROLECALL_CONFIG"] = str(config)
+    env["ROLECALL_TEMPORAL_ADDRESS"] = f"localhost:{TEMPORAL_PORT}"
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        env["ROLECALL_DEMO_DSN"] = start_postgres()
+        children.append(start_temporal())
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "rolecall.cli", "worker"], env=env)
+        )
+        if env.get("SLACK_BOT_TOKEN"):
+            children.append(subprocess.Popen([sys.executable, "slack_app.py"], env=env))
+        else:
+            say("Slack app not started: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (docs/slack.md)")
+        say(
+            "try it in another shell:\n"
+            "  .venv/bin/rolecall request --instance demo --role analytics_ro --duration 15m "
+            "--reason 'look at orders' --as alice@example.com\n"
+            "  .venv/bin/rolecall approve 'access/demo/analytics_ro/alice@example.com' "
+            "--as dba@example.com\n"
+            "  .venv/bin/rolecall list\n"
+            "Ctrl-C stops everything."
+        )
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    say(f"{child.args[0]} exited with {child.returncode}; stopping")
+                    return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        say("stopping")
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in reversed(children):
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

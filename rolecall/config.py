@@ -46,6 +46,15 @@ def _duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+_PAGERDUTY_ID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+
+
+def _pagerduty_ids(value: list[str] | None) -> list[str] | None:
+    """PagerDuty object IDs (e.g. PABC123): a typo would silently match nothing, so refuse it."""
+    for item in value or []:
+        if not _PAGERDUTY_ID.match(item):
+            raise ValueError(f"{item!r} is not a PagerDuty ID (letters and digits, e.g. 'PABC123')")
+    return value
 
 
 class _Strict(BaseModel):
@@ -72,6 +81,14 @@ class Instance(_Strict):
     logins: dict[str, str] = {}
     unsafe_allowed: list[str] = []
     connect_timeout: int = Field(default=5, ge=1, le=60)
+    # PagerDuty duties that count as on call for this instance. Setting either replaces the
+    # [pagerduty] defaults as a pair (the one left out is empty); leaving both out keeps them.
+    pagerduty_schedule_ids: list[str] | None = None
+    pagerduty_escalation_policy_ids: list[str] | None = None
+
+    _check_pagerduty_ids = field_validator("pagerduty_schedule_ids", "pagerduty_escalation_policy_ids")(
+        _pagerduty_ids
+    )
 
     @field_validator("approvers")
     @classmethod
@@ -137,6 +154,15 @@ class PagerDuty(_Strict):
     max_escalation_level: int = Field(default=1, ge=1)
     auto_approve_max: Duration = timedelta(hours=1)
     timeout: float = Field(default=10.0, gt=0)
+
+    _check_ids = field_validator("schedule_ids", "escalation_policy_ids")(_pagerduty_ids)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. 'https://api.pagerduty.com'")
+        return value.rstrip("/")
 
 
 class Slack(_Strict):

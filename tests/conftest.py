@@ -167,6 +167,7 @@ def write_config(
     roles: list[str],
     approvers: list[str],
     sections: dict[str, dict[str, Any]] | None = None,
+    dsn_env: str = ADMIN_DSN_ENV,
     **extra: Any,
 ) -> Path:
     """A policy file with one instance, `pg`, on the test database.
@@ -176,7 +177,7 @@ def write_config(
     """
     lines = [
         "[instances.pg]",
-        f'dsn_env = "{ADMIN_DSN_ENV}"',
+        f'dsn_env = "{dsn_env}"',
         "roles = [" + ", ".join(_toml_str(r) for r in roles) + "]",
         "approvers = [" + ", ".join(_toml_str(a) for a in approvers) + "]",
     ]
@@ -200,6 +201,8 @@ def _toml_value(value: Any) -> str:
         return _toml_str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_str(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return str(value)
 
 
@@ -299,6 +302,7 @@ async def make_stack(
             approvers: list[str] | None = None,
             worker: bool = True,
             sections: dict[str, dict[str, Any]] | None = None,
+            slack_client: Any = None,
             **extra: Any,
         ) -> Stack:
             path = write_config(
@@ -318,7 +322,7 @@ async def make_stack(
             )
             if worker:
                 await exits.enter_async_context(
-                    build_worker(stack.client, ConfigStore(path), stack.task_queue)
+                    build_worker(stack.client, ConfigStore(path), stack.task_queue, slack_client=slack_client)
                 )
             return stack
 

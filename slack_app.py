@@ -1,17 +1,486 @@
-"""The Slack app (Bolt). Until Slack is configured it says so and exits."""
+"""The Slack app (Bolt, asyncio): `/p0 request|list|help`, the buttons, the modals, App Home.
+
+Every listener acks first (Slack allows 3 s), then opens a modal if it has a trigger_id
+(valid ~3 s), then does slow work. Buttons carry only the request ID; who clicked is
+looked up (users.info -> email) and checked with `rolecall.policy.refusal` here for a
+clear ephemeral answer, and again in the workflow, which alone decides.
+
+Run: `python slack_app.py` (or `python -m slack_app`). Socket Mode when SLACK_APP_TOKEN is
+set, else HTTP on `[slack].port` at /slack/events, checked with SLACK_SIGNING_SECRET.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import sys
+import time
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.client import Client
+
+from activities.slack import web_client as make_web_client
+from rolecall import operations
+from rolecall import slack_blocks as kit
+from rolecall.config import ConfigStore, Instance, Settings
+from rolecall.durations import format_duration, parse_duration
+from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
+from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
+from rolecall.policy import refusal
+from rolecall.temporal import request_id
+
+log = logging.getLogger("rolecall.slack_app")
+
+# How long a submission may wait for the request's check before answering Slack anyway.
+SUBMIT_WAIT = 2.0
+ROLE_LIST_TIMEOUT = 1.5
+ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
+NO_EMAIL = (
+    "rolecall identifies people by their email address, and Slack does not show yours to this app. "
+    "Ask a Slack admin to make profile emails visible (or check that the app has users:read.email)."
+)
+
+
+class _Ttl:
+    """A small time-limited cache (users' emails, instances' role lists)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self._items.get(key)
+        if hit and time.monotonic() - hit[0] < self.seconds:
+            return hit[1]
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        self._items[key] = (time.monotonic(), value)
+
+
+async def existing_roles(inst: Instance) -> list[str]:
+    """Requestable roles that exist on the instance (exact config names if it can't be read)."""
+    try:
+        dsn = inst.dsn()
+        async with await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, connect_timeout=2, application_name="rolecall-slack"
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin AND rolname !~ '^pg_' ORDER BY 1"
+            )
+            names = [str(r[0]) for r in await cur.fetchall()]
+        return [n for n in names if inst.is_requestable(n)]
+    except (psycopg.Error, ConfigError, OSError) as e:
+        log.warning("roles of instance %s could not be listed: %s", inst.name, e)
+        return [r for r in inst.roles if not set("*?[") & set(r)]
+
+
+def _value(values: dict[str, Any], block: str, action: str = "value") -> str:
+    item = (values.get(block) or {}).get(action) or {}
+    if item.get("selected_option"):
+        return str(item["selected_option"]["value"])
+    return str(item.get("value") or "")
+
+
+def _error_block(err: RolecallError) -> str:
+    msg = str(err).lower()
+    if "duration" in msg:
+        return kit.B_DURATION
+    if "instance" in msg and "role" not in msg:
+        return kit.B_INSTANCE
+    return kit.B_ROLE
+
+
+def build_app(
+    config: ConfigStore,
+    client: Client,
+    settings: Settings,
+    web_client: AsyncWebClient | None = None,
+    *,
+    signing_secret: str | None = None,
+) -> AsyncApp:
+    """The Bolt app with every listener; tests call this with a client pointed at a fake."""
+    web = web_client or _client_from_env()
+    app = AsyncApp(
+        client=web,
+        signing_secret=signing_secret
+        if signing_secret is not None
+        else os.environ.get("SLACK_SIGNING_SECRET"),
+        process_before_response=False,
+    )
+    queue = settings.task_queue
+    emails = _Ttl(300)
+    role_cache = _Ttl(30)
+    background: set[asyncio.Task[Any]] = set()
+
+    def later(coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("slack background work failed")
+
+        task = asyncio.ensure_future(run())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    app.background_tasks = background  # type: ignore[attr-defined]
+
+    async def who(user_id: str) -> tuple[str, str] | None:
+        """(email, display name) of a Slack user, or None without a visible email."""
+        hit = emails.get(user_id)
+        if hit:
+            return tuple(hit)
+        resp = await web.users_info(user=user_id)
+        user = resp["user"] or {}
+        email = (user.get("profile") or {}).get("email")
+        if not email or user.get("deleted") or user.get("is_bot"):
+            return None
+        name = str(user.get("real_name") or (user.get("profile") or {}).get("real_name") or user.get("name"))
+        found = (str(email).strip().lower(), name)
+        emails.put(user_id, found)
+        return found
+
+    async def roles_of(inst: Instance) -> list[str]:
+        hit = role_cache.get(inst.name)
+        if hit is not None:
+            return list(hit)
+        try:
+            roles = await asyncio.wait_for(existing_roles(inst), ROLE_LIST_TIMEOUT)
+        except TimeoutError:
+            log.warning("listing roles of %s took too long; showing the configured names", inst.name)
+            return [r for r in inst.roles if not set("*?[") & set(r)]
+        role_cache.put(inst.name, roles)
+        return roles
+
+    async def tell(body: dict[str, Any], text: str) -> None:
+        """An answer only the clicker sees: ephemeral in the channel, else a DM."""
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        if channel:
+            try:
+                await web.chat_postEphemeral(channel=channel, user=user, text=text)
+                return
+            except SlackApiError as e:
+                log.warning("ephemeral answer failed (%s); sending a DM", e.response.get("error"))
+        await web.chat_postMessage(channel=user, text=text)
+
+    # ---- /p0 -----------------------------------------------------------------------------
+
+    command = config.get().slack.command
+
+    @app.command(command)
+    async def on_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
+        words = (command.get("text") or "").strip().split()
+        sub = words[0].lower() if words else "help"
+        if sub == "request":
+            await ack()
+            await open_request_modal(command["trigger_id"], command["user_id"])
+        elif sub == "list":
+            await ack()
+            user = await who(command["user_id"])
+            if user is None:
+                await respond(text=NO_EMAIL, response_type="ephemeral")
+                return
+            text, blocks = kit.list_blocks(await own_requests(user[0]))
+            await respond(text=text, blocks=blocks, response_type="ephemeral")
+        else:
+            text, blocks = kit.help_blocks(config.get().slack.command)
+            if sub != "help":
+                blocks.insert(0, kit.section(f"Unknown command `{kit.escape(sub)}`."))
+            await ack(text=text, blocks=blocks, response_type="ephemeral")
+
+    async def open_request_modal(trigger_id: str, user_id: str) -> None:
+        cfg = config.get()
+        instances = list(cfg.instances.values())
+        first = instances[0]
+        roles = await roles_of(first)
+        await web.views_open(trigger_id=trigger_id, view=kit.request_modal(instances, first, roles))
+        # Slow work after the modal is open: learn who this is before they submit.
+        later(who(user_id))
+
+    @app.action(kit.INSTANCE_SELECT)
+    async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        view = body["view"]
+        chosen = _value(view["state"]["values"], kit.B_INSTANCE, kit.INSTANCE_SELECT)
+        cfg = config.get()
+        inst = cfg.instances.get(chosen)
+        if inst is None:
+            return
+        roles = await roles_of(inst)
+        modal = kit.request_modal(list(cfg.instances.values()), inst, roles)
+        try:
+            await web.views_update(view_id=view["id"], hash=view.get("hash"), view=modal)
+        except SlackApiError as e:
+            if e.response.get("error") != "hash_conflict":
+                raise
+
+    @app.view(kit.REQUEST_MODAL)
+    async def on_request_submit(ack: Any, body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        values = body["view"]["state"]["values"]
+        user_id = body["user"]["id"]
+        errors: dict[str, str] = {}
+        cfg = config.get()
+        inst = cfg.instances.get(_value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT))
+        role = _value(values, kit.B_ROLE)
+        reason = _value(values, kit.B_REASON).strip()
+        duration: timedelta | None = None
+        if inst is None:
+            errors[kit.B_INSTANCE] = "Choose one of the configured instances."
+        else:
+            try:
+                duration = parse_duration(_value(values, kit.B_DURATION))
+                if duration > inst.max_duration:
+                    errors[kit.B_DURATION] = (
+                        f"{format_duration(duration)} is over the maximum of "
+                        f"{format_duration(inst.max_duration)} on {inst.name}."
+                    )
+            except ValueError as e:
+                errors[kit.B_DURATION] = str(e)
+            if not role:
+                errors[kit.B_ROLE if kit.B_ROLE in values else kit.B_INSTANCE] = (
+                    f"No requestable role on {inst.name}: choose another instance."
+                )
+            elif not inst.is_requestable(role):
+                errors[kit.B_ROLE] = f"{role} is no longer requestable on {inst.name}."
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        assert inst is not None and duration is not None
+        user = await who(user_id)
+        if user is None:
+            await ack(response_action="errors", errors={kit.B_INSTANCE: NO_EMAIL[:150]})
+            return
+        email, name = user
+        # An open request for the same role: answer in the modal without starting anything.
+        with contextlib.suppress(RolecallError):
+            existing = await operations.get_status(client, request_id(inst.name, role, email))
+            if existing.state in ACTIVE:
+                await ack(
+                    response_action="errors",
+                    errors={kit.B_ROLE: f"You already have a {existing.state.value} request for {role}."},
+                )
+                return
+        req = AccessRequest(
+            requester=email,
+            requester_name=name,
+            instance=inst.name,
+            role=role,
+            duration=duration,
+            reason=reason,
+            source="slack",
+            slack_user_id=user_id,
+        )
+        task = asyncio.ensure_future(operations.submit(client, req, queue))
+        budget = max(0.2, SUBMIT_WAIT - (time.monotonic() - started))
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        if not done:
+            # The check is slow (database far away): close the modal, answer by DM.
+            await ack()
+            later(_finish_submit(task, user_id))
+            return
+        err = task.exception()
+        if isinstance(err, RolecallError):
+            await ack(response_action="errors", errors={_error_block(err): str(err)[:2000]})
+            return
+        await ack()
+        if err is not None:
+            log.error("submit failed: %r", err)
+            await web.chat_postMessage(channel=user_id, text=f"Your request could not be started: {err}")
+
+    async def _finish_submit(task: asyncio.Future[RequestStatus], user_id: str) -> None:
+        try:
+            await task
+        except AlreadyRequested as e:
+            await web.chat_postMessage(channel=user_id, text=f":no_entry_sign: {e}")
+        except RolecallError as e:
+            await web.chat_postMessage(
+                channel=user_id, text=f":no_entry_sign: Your request was not accepted: {e}"
+            )
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    async def decide(body: dict[str, Any], signal: str, reason: str = "") -> None:
+        """Pre-check, signal, then confirm the workflow took it; explain any refusal."""
+        rid = (
+            str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
+        )
+        user = await who(body["user"]["id"])
+        if user is None:
+            await tell(body, NO_EMAIL)
+            return
+        email = user[0]
+        try:
+            before = await operations.decide(
+                client, rid, signal, Decision(actor=email, reason=reason, via="slack")
+            )
+        except RolecallError as e:
+            await tell(body, f":no_entry_sign: {e}")
+            return
+        # The workflow re-checks; if it refused (a race with another click), say why.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            status = await operations.get_status(client, rid)
+            mine = [
+                r for r in status.refused[len(before.refused) :] if r.actor == email and r.signal == signal
+            ]
+            if mine:
+                await tell(body, f":no_entry_sign: {mine[-1].why}")
+                break
+            if status.state != before.state or status.decision_reason != before.decision_reason:
+                break
+            await asyncio.sleep(0.1)
+        if (body.get("view") or {}).get("type") == "home":
+            await publish_home(body["user"]["id"])
+
+    @app.action(kit.APPROVE)
+    async def on_approve(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await decide(body, "approve")
+
+    @app.action(kit.CANCEL)
+    async def on_cancel(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await decide(body, "cancel")
+
+    @app.action(kit.RELINQUISH)
+    async def on_relinquish(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await decide(body, "relinquish", reason="relinquished in Slack")
+
+    @app.action(kit.DENY)
+    async def on_deny_click(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        rid = str(body["actions"][0]["value"])
+        user, status = await asyncio.gather(who(body["user"]["id"]), _status_or_none(rid))
+        if user is None:
+            await tell(body, NO_EMAIL)
+            return
+        if status is None:
+            await tell(body, f":no_entry_sign: no request with id {rid!r}")
+            return
+        why = refusal("deny", user[0], status)
+        if why:
+            await tell(body, f":no_entry_sign: {why}")
+            return
+        await web.views_open(trigger_id=body["trigger_id"], view=kit.deny_modal(status))
+
+    async def _status_or_none(rid: str) -> RequestStatus | None:
+        try:
+            return await operations.get_status(client, rid)
+        except RolecallError:
+            return None
+
+    @app.view(kit.DENY_MODAL)
+    async def on_deny_submit(ack: Any, body: dict[str, Any]) -> None:
+        rid = str(body["view"]["private_metadata"])
+        reason = _value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
+        user = await who(body["user"]["id"])
+        if user is None:
+            await ack(response_action="errors", errors={kit.B_DENY_REASON: NO_EMAIL[:150]})
+            return
+        try:
+            await operations.decide(client, rid, "deny", Decision(actor=user[0], reason=reason, via="slack"))
+        except RolecallError as e:
+            await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
+            return
+        await ack()
+
+    # ---- App Home and lists ----------------------------------------------------------------
+
+    async def own_requests(email: str) -> list[RequestStatus]:
+        rows = await operations.list_requests(client, requester=email, limit=100)
+        ids = [r["id"] for r in rows if r["state"] in {s.value for s in ACTIVE}]
+        found = await asyncio.gather(*(_status_or_none(i) for i in ids))
+        return [s for s in found if s is not None and s.state in ACTIVE]
+
+    async def waiting_for(email: str) -> list[RequestStatus]:
+        rows = await operations.list_requests(client, state=RequestState.PENDING.value, limit=100)
+        found = await asyncio.gather(*(_status_or_none(r["id"]) for r in rows))
+        return [
+            s
+            for s in found
+            if s is not None and s.state == RequestState.PENDING and refusal("approve", email, s) is None
+        ]
+
+    async def publish_home(user_id: str) -> None:
+        user = await who(user_id)
+        if user is None:
+            view = {"type": "home", "blocks": [kit.section(NO_EMAIL)]}
+        else:
+            mine, todo = await asyncio.gather(own_requests(user[0]), waiting_for(user[0]))
+            grants = [s for s in mine if s.state == RequestState.GRANTED]
+            pending = [s for s in mine if s.state == RequestState.PENDING]
+            view = kit.home_view(grants, pending, todo)
+        await web.views_publish(user_id=user_id, view=view)
+
+    @app.event("app_home_opened")
+    async def on_home(event: dict[str, Any]) -> None:
+        if event.get("tab", "home") == "home":
+            await publish_home(event["user"])
+
+    return app
+
+
+def _client_from_env() -> AsyncWebClient:
+    token = os.environ.get("SLACK_BOT_TOKEN")
+    if not token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set")
+    return make_web_client(token)
+
+
+async def serve(settings: Settings) -> None:
+    from rolecall.temporal import connect
+
+    config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
+    client = await connect(settings)
+    app = build_app(config, client, settings)
+    app_token = os.environ.get("SLACK_APP_TOKEN")
+    if app_token:
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        log.info("Slack app connecting in Socket Mode")
+        await AsyncSocketModeHandler(app, app_token).start_async()  # type: ignore[no-untyped-call]
+        return
+    from aiohttp import web
+
+    port = config.get().slack.port
+    runner = web.AppRunner(app.web_app(path="/slack/events", port=port))
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # Slack must reach it
+    log.info("Slack app listening on :%d/slack/events", port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 def main() -> int:
-    if not os.environ.get("SLACK_BOT_TOKEN"):
-        print("rolecall: Slack is not configured (SLACK_BOT_TOKEN is not set)", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    missing = [] if os.environ.get("SLACK_BOT_TOKEN") else ["SLACK_BOT_TOKEN"]
+    if not os.environ.get("SLACK_APP_TOKEN") and not os.environ.get("SLACK_SIGNING_SECRET"):
+        missing.append("SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for Socket Mode)")
+    if missing:
+        print(f"rolecall: Slack is not configured: set {' and '.join(missing)}", file=sys.stderr)
         return 2
-    print("rolecall: the Slack app is not built yet", file=sys.stderr)
-    return 2
+    try:
+        asyncio.run(serve(Settings()))
+    except ConfigError as e:
+        print(f"rolecall: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
+from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -25,10 +28,20 @@ def build_worker(
     config: ConfigStore,
     task_queue: str,
     notifier: Notifier | None = None,
+    slack_client: AsyncWebClient | None = None,
 ) -> Worker:
-    """The worker with every workflow and activity registered; tests build theirs here too."""
+    """The worker with every workflow and activity registered; tests build theirs here too.
+
+    With a Slack client, notifications go to Slack and approver groups are looked up there.
+    """
     postgres = PostgresActivities(config)
     pagerduty = PagerDutyActivities(config)
+    expand_groups: Callable[..., Any] = no_approver_groups
+    if slack_client is not None:
+        from activities.slack import SlackActivities, SlackNotifier
+
+        notifier = notifier or SlackNotifier(slack_client)
+        expand_groups = SlackActivities(slack_client).expand_approver_groups
     notify = NotifyActivities(notifier)
     return Worker(
         client,
@@ -41,7 +54,7 @@ def build_worker(
             postgres.revoke_role,
             pagerduty.check_oncall,
             notify.notify,
-            no_approver_groups,
+            expand_groups,
         ],
     )
 
@@ -51,7 +64,13 @@ async def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
     client = await connect(settings)
-    worker = build_worker(client, config, settings.task_queue)
+    slack_client = None
+    if os.environ.get("SLACK_BOT_TOKEN"):
+        from activities.slack import web_client
+
+        slack_client = web_client(os.environ["SLACK_BOT_TOKEN"])
+        log.info("notifications go to Slack")
+    worker = build_worker(client, config, settings.task_queue, slack_client=slack_client)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,177 @@
+"""Slack as the workflow's voice: post and update messages, look up approver groups.
+
+`SlackNotifier` implements the `Notifier` protocol for `NotifyActivities`: it posts the
+approvers' message and the requester's DMs, and updates them in place later using the
+`MessageRef`s it returned before (keys "approval", "requester", "grant", "alert"). Slack's
+429 answers are retried in the client after Retry-After; anything else raises so that
+Temporal retries the activity. The workflow never waits for these before a grant or revoke.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.notify import describe
+from rolecall import slack_blocks as kit
+from rolecall.models import ApproverGroups, Approvers, MessageRef, Notification, NotifyResult, RequestStatus
+
+log = logging.getLogger("rolecall.slack")
+
+FINAL_EVENTS = ("denied", "timed_out", "cancelled", "failed", "expired", "relinquished", "rejected")
+
+
+def web_client(token: str, base_url: str | None = None, timeout: int = 10) -> AsyncWebClient:
+    """An async Web API client that waits out 429s (Retry-After) and reconnects once."""
+    kwargs: dict[str, Any] = {"token": token, "timeout": timeout}
+    if base_url:
+        kwargs["base_url"] = base_url
+    client = AsyncWebClient(**kwargs)
+    client.retry_handlers = [
+        AsyncConnectionErrorRetryHandler(max_retry_count=1),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
+
+
+class SlackNotifier:
+    """Posts and updates rolecall's messages; idempotent across activity retries."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    async def send(self, note: Notification) -> NotifyResult:
+        refs = dict(note.messages)
+        refs.update(_recorded_refs())
+        s = note.status
+        ev = note.event
+        try:
+            if ev == "requested":
+                await self._approval(s, refs, post=True)
+                await self._requester(s, refs, post=True)
+            elif ev == "approved":
+                await self._approval(s, refs, post=s.auto_approved)
+                await self._requester(s, refs, post=s.auto_approved)
+            elif ev == "granted":
+                await self._approval(s, refs, post=False)
+                await self._requester(s, refs, post=False)
+                await self._put(refs, "grant", await self._dm_channel(s), *kit.grant_message(s))
+            elif ev == "revoke_failing":
+                if s.approver_channel:
+                    await self._put(refs, "alert", s.approver_channel, *kit.revoke_alert(s, note.detail))
+            elif ev in FINAL_EVENTS:
+                await self._approval(s, refs, post=False)
+                await self._requester(s, refs, post=False)
+                if "grant" in refs:
+                    await self._put(refs, "grant", refs["grant"].channel, *kit.grant_message(s))
+                # The Slack app answers a refused submission itself, in the modal or a DM.
+                skip = ev == "cancelled" or (ev == "rejected" and s.source == "slack")
+                outcome = kit.outcome_dm(s, ev)
+                if outcome and not skip:
+                    await self._put(refs, f"outcome_{ev}", await self._dm_channel(s), *outcome)
+        except SlackApiError as e:
+            error = str(e.response.get("error", "")) if e.response is not None else ""
+            if error in ("channel_not_found", "not_in_channel", "users_not_found", "user_not_found"):
+                # Retrying cannot fix a wrong channel or an unknown user: log it and move on.
+                log.warning("slack: %s for %s (%s)", error, s.id, describe(note))
+                return NotifyResult(messages=refs)
+            raise
+        return NotifyResult(messages=refs)
+
+    async def _approval(self, s: RequestStatus, refs: dict[str, MessageRef], post: bool) -> None:
+        if "approval" in refs:
+            await self._put(refs, "approval", refs["approval"].channel, *kit.approver_message(s))
+        elif post and s.approver_channel:
+            await self._put(refs, "approval", s.approver_channel, *kit.approver_message(s))
+
+    async def _requester(self, s: RequestStatus, refs: dict[str, MessageRef], post: bool) -> None:
+        if "requester" in refs:
+            await self._put(refs, "requester", refs["requester"].channel, *kit.requester_message(s))
+        elif post:
+            await self._put(refs, "requester", await self._dm_channel(s), *kit.requester_message(s))
+
+    async def _put(
+        self, refs: dict[str, MessageRef], key: str, channel: str, text: str, blocks: list[kit.Block]
+    ) -> None:
+        """Update the message under `key` in place, or post it and remember where."""
+        ref = refs.get(key)
+        if ref is not None:
+            await self._client.chat_update(channel=ref.channel, ts=ref.ts, text=text, blocks=blocks)
+            return
+        resp = await self._client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+        refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
+        _record_refs(refs)
+
+    async def _dm_channel(self, s: RequestStatus) -> str:
+        user = s.slack_user_id
+        if not user:
+            found = await self._client.users_lookupByEmail(email=s.requester)
+            user = str(found["user"]["id"])
+        resp = await self._client.conversations_open(users=user)
+        return str(resp["channel"]["id"])
+
+
+def _recorded_refs() -> dict[str, MessageRef]:
+    """Messages an earlier attempt of this activity already posted (from its heartbeat)."""
+    if not activity.in_activity():
+        return {}
+    details = activity.info().heartbeat_details
+    if not details:
+        return {}
+    last = details[-1]
+    if not isinstance(last, dict):
+        return {}
+    return {k: MessageRef.model_validate(v) for k, v in last.items()}
+
+
+def _record_refs(refs: dict[str, MessageRef]) -> None:
+    if activity.in_activity():
+        activity.heartbeat({k: v.model_dump() for k, v in refs.items()})
+
+
+async def email_of(client: AsyncWebClient, user_id: str) -> str | None:
+    """The user's email as Slack shows it (needs users:read.email), lower-case, or None."""
+    resp = await client.users_info(user=user_id)
+    user = resp["user"] or {}
+    email = (user.get("profile") or {}).get("email")
+    if not email or user.get("deleted") or user.get("is_bot"):
+        return None
+    return str(email).strip().lower()
+
+
+class SlackActivities:
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    @activity.defn(name="expand_approver_groups")
+    async def expand_approver_groups(self, inp: ApproverGroups) -> Approvers:
+        """Members' emails of the given Slack user groups (IDs such as S0123ABCD)."""
+        emails: set[str] = set()
+        missing: list[str] = []
+        for group in inp.groups:
+            try:
+                resp = await self._client.usergroups_users_list(usergroup=group)
+            except SlackApiError as e:
+                error = e.response.get("error") if e.response is not None else None
+                if error in ("no_such_subteam", "subteam_not_found", "invalid_usergroup"):
+                    raise ApplicationError(
+                        f"Slack user group {group!r} does not exist", type="ConfigError", non_retryable=True
+                    ) from e
+                raise
+            for user_id in resp.get("users") or []:
+                email = await email_of(self._client, str(user_id))
+                if email:
+                    emails.add(email)
+                else:
+                    missing.append(str(user_id))
+        detail = f"members without a visible email: {', '.join(missing)}" if missing else ""
+        return Approvers(emails=sorted(emails), detail=detail)

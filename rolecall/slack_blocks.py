@@ -1,0 +1,532 @@
+"""Block Kit for rolecall: pure functions from models to the dicts Slack expects.
+
+Nothing here talks to Slack or Temporal, so every message and view can be built and
+validated in isolation. Buttons carry only the request ID; who clicked is checked later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from rolecall.config import Instance
+from rolecall.durations import format_duration
+from rolecall.models import RequestState, RequestStatus
+from rolecall.policy import label
+
+Block = dict[str, Any]
+
+# Action and callback IDs: the Slack app routes on these.
+REQUEST_MODAL = "rolecall_request"
+DENY_MODAL = "rolecall_deny"
+APPROVE = "rolecall_approve"
+DENY = "rolecall_deny_open"
+CANCEL = "rolecall_cancel"
+RELINQUISH = "rolecall_relinquish"
+INSTANCE_SELECT = "rolecall_instance"
+# Block IDs of the request modal (errors are keyed by block ID).
+B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
+B_DENY_REASON = "deny_reason"
+
+DURATION_CHOICES = [
+    timedelta(minutes=15),
+    timedelta(minutes=30),
+    timedelta(hours=1),
+    timedelta(hours=2),
+    timedelta(hours=4),
+    timedelta(hours=8),
+    timedelta(hours=12),
+    timedelta(days=1),
+    timedelta(days=2),
+    timedelta(days=7),
+]
+
+_ICON = {
+    RequestState.PENDING: ":hourglass_flowing_sand:",
+    RequestState.APPROVED: ":white_check_mark:",
+    RequestState.GRANTED: ":unlock:",
+    RequestState.REVOKING: ":lock:",
+    RequestState.REJECTED: ":no_entry_sign:",
+    RequestState.DENIED: ":x:",
+    RequestState.TIMED_OUT: ":alarm_clock:",
+    RequestState.CANCELLED: ":heavy_multiplication_x:",
+    RequestState.FAILED: ":warning:",
+    RequestState.EXPIRED: ":lock:",
+    RequestState.RELINQUISHED: ":lock:",
+}
+
+
+# ---- small pieces ------------------------------------------------------------------------
+
+
+def plain(text: str, limit: int = 150) -> dict[str, Any]:
+    return {"type": "plain_text", "text": _cut(text, limit), "emoji": True}
+
+
+def mrkdwn(text: str, limit: int = 3000) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": _cut(text, limit)}
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": mrkdwn(text)}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [mrkdwn(text)]}
+
+
+def option(text: str, value: str) -> dict[str, Any]:
+    return {"text": plain(text, 75), "value": value[:150]}
+
+
+def button(text: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
+    b: dict[str, Any] = {"type": "button", "text": plain(text, 75), "action_id": action_id, "value": value}
+    if style:
+        b["style"] = style
+    return b
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters; everything user-supplied goes through here."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack_date(when: datetime) -> str:
+    """A date each reader sees in their own time zone, with a UTC fallback."""
+    epoch = int(when.timestamp())
+    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{fallback}>"
+
+
+def who(status: RequestStatus) -> str:
+    if status.slack_user_id:
+        return f"<@{status.slack_user_id}>"
+    return escape(status.requester_name or status.requester)
+
+
+def duration_of(status: RequestStatus) -> str:
+    return format_duration(status.duration or status.requested_duration)
+
+
+def _fields(status: RequestStatus) -> Block:
+    fields = [
+        mrkdwn(f"*Requester*\n{who(status)} ({escape(status.requester)})"),
+        mrkdwn(f"*Instance*\n`{escape(status.instance)}`"),
+        mrkdwn(f"*Role*\n`{escape(status.role)}`"),
+        mrkdwn(f"*Duration*\n{duration_of(status)}"),
+        mrkdwn(f"*Database login*\n`{escape(status.db_user or '?')}`"),
+        mrkdwn(f"*Reason*\n{escape(status.reason) or '_none given_'}", 2000),
+    ]
+    return {"type": "section", "fields": fields}
+
+
+def _warnings(status: RequestStatus) -> list[Block]:
+    if not status.warnings:
+        return []
+    return [context(":warning: " + escape("; ".join(status.warnings)))]
+
+
+def _decided_line(status: RequestStatus) -> str:
+    """Who decided and when, for the message everyone already saw."""
+    s = status
+    when = f" on {slack_date(s.decided_at)}" if s.decided_at else ""
+    reason = f": {escape(s.decision_reason)}" if s.decision_reason else ""
+    if s.auto_approved:
+        return f":robot_face: Auto-approved{when}: requester is on call ({escape(s.on_call_detail)})"
+    if s.state == RequestState.DENIED:
+        return f":x: Denied by {escape(s.decided_by or '?')}{when}{reason}"
+    if s.state == RequestState.CANCELLED:
+        return f":heavy_multiplication_x: Cancelled by the requester{when}"
+    if s.state == RequestState.TIMED_OUT:
+        return ":alarm_clock: Nobody decided in time; the request timed out"
+    if s.state == RequestState.REJECTED:
+        return f":no_entry_sign: Rejected: {escape(s.error or '')}"
+    if s.decided_by:
+        return f":white_check_mark: Approved by {escape(s.decided_by)}{when}"
+    return f"{_ICON[s.state]} {label(s.state).capitalize()}"
+
+
+def _outcome_line(status: RequestStatus) -> str:
+    """What happened to access that was approved, for the approvers' message."""
+    s = status
+    if s.state == RequestState.GRANTED and s.expires_at:
+        return f":unlock: Granted until {slack_date(s.expires_at)}"
+    if s.state == RequestState.EXPIRED:
+        return ":lock: Access expired and was revoked"
+    if s.state == RequestState.RELINQUISHED:
+        return ":lock: Access relinquished and revoked"
+    if s.state == RequestState.FAILED:
+        return f":warning: Grant failed: {escape(s.error or '?')}"
+    if s.state == RequestState.REVOKING:
+        return ":lock: Revoking"
+    return ""
+
+
+# ---- messages ----------------------------------------------------------------------------
+
+
+def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
+    """The approvers' channel message; buttons only while someone must decide."""
+    s = status
+    title = f"{s.requester_name or s.requester} requests `{s.role}` on `{s.instance}` for {duration_of(s)}"
+    text = f"Access request: {title}"
+    blocks: list[Block] = [
+        section(
+            f"*Access request* from {who(s)}: role `{escape(s.role)}` on "
+            f"`{escape(s.instance)}` for *{duration_of(s)}*"
+        ),
+        _fields(s),
+        *_warnings(s),
+    ]
+    if s.state == RequestState.PENDING and not s.auto_approved:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "decide",
+                "elements": [
+                    button("Approve", APPROVE, s.id, "primary"),
+                    button("Deny", DENY, s.id, "danger"),
+                ],
+            }
+        )
+        blocks.append(context(f"Approvers: {escape(', '.join(s.approvers))} · request `{escape(s.id)}`"))
+    else:
+        lines = [_decided_line(s)]
+        outcome = _outcome_line(s)
+        if outcome:
+            lines.append(outcome)
+        blocks.append(section("\n".join(lines)))
+        blocks.append(context(f"request `{escape(s.id)}`"))
+    return text, blocks
+
+
+def requester_message(status: RequestStatus) -> tuple[str, list[Block]]:
+    """The requester's confirmation DM, kept current until the request is decided."""
+    s = status
+    what = f"role `{escape(s.role)}` on `{escape(s.instance)}` for *{duration_of(s)}*"
+    if s.state == RequestState.PENDING:
+        text = f"Your request for {s.role} on {s.instance} is waiting for approval"
+        head = f":hourglass_flowing_sand: Your request for {what} is waiting for approval."
+    elif s.auto_approved:
+        text = f"Your request for {s.role} on {s.instance} was auto-approved"
+        head = f":robot_face: Your request for {what} was auto-approved: you are on call."
+    else:
+        text = f"Your request for {s.role} on {s.instance}: {label(s.state)}"
+        head = f"Your request for {what}.\n{_decided_line(s)}"
+    blocks: list[Block] = [section(head), _fields(s), *_warnings(s)]
+    if s.state == RequestState.PENDING:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "cancel",
+                "elements": [button("Cancel request", CANCEL, s.id)],
+            }
+        )
+    blocks.append(context(f"request `{escape(s.id)}`"))
+    return text, blocks
+
+
+def grant_message(status: RequestStatus) -> tuple[str, list[Block]]:
+    """Access granted: login, role, instance, exact expiry, and Relinquish while it lasts."""
+    s = status
+    expiry = slack_date(s.expires_at) if s.expires_at else "?"
+    if s.state == RequestState.GRANTED:
+        text = f"Access granted: {s.role} on {s.instance} as {s.db_user}"
+        lines = [
+            f":unlock: *Access granted*: role `{escape(s.role)}` on `{escape(s.instance)}`",
+            f"Log in as `{escape(s.db_user or '?')}`. Access ends {expiry}.",
+        ]
+    else:
+        text = f"Access to {s.role} on {s.instance} ended"
+        ended = {
+            RequestState.EXPIRED: "expired",
+            RequestState.RELINQUISHED: "was relinquished",
+            RequestState.REVOKING: "is being revoked",
+        }.get(s.state, label(s.state))
+        lines = [
+            f":lock: Your access to role `{escape(s.role)}` on `{escape(s.instance)}` {ended}.",
+            f"It was granted to `{escape(s.db_user or '?')}` until {expiry}.",
+        ]
+    if s.auto_approved:
+        lines.append(f":robot_face: Auto-approved: you are on call ({escape(s.on_call_detail)}).")
+    elif s.decided_by:
+        lines.append(f"Approved by {escape(s.decided_by)}.")
+    blocks: list[Block] = [section("\n".join(lines)), *_warnings(s)]
+    if s.state == RequestState.GRANTED:
+        blocks.append({"type": "actions", "block_id": "relinquish", "elements": [relinquish_button(s.id)]})
+    blocks.append(context(f"request `{escape(s.id)}`"))
+    return text, blocks
+
+
+def relinquish_button(request_id: str) -> dict[str, Any]:
+    b = button("Relinquish now", RELINQUISH, request_id, "danger")
+    b["confirm"] = {
+        "title": plain("Relinquish access?"),
+        "text": plain("Your membership is revoked at once and your open sessions are ended."),
+        "confirm": plain("Relinquish"),
+        "deny": plain("Keep it"),
+        "style": "danger",
+    }
+    return b
+
+
+def outcome_dm(status: RequestStatus, event: str) -> tuple[str, list[Block]] | None:
+    """A new DM for final events, so the requester is notified (edits do not notify)."""
+    s = status
+    what = f"role `{escape(s.role)}` on `{escape(s.instance)}`"
+    reason = f" ({escape(s.decision_reason)})" if s.decision_reason else ""
+    texts = {
+        "denied": (
+            f"Your request was denied by {s.decided_by}",
+            f":x: Your request for {what} was denied by {escape(s.decided_by or '?')}{reason}. "
+            "Talk to an approver, or request again with more detail.",
+        ),
+        "timed_out": (
+            "Your request timed out",
+            f":alarm_clock: Nobody approved your request for {what} in time. "
+            f"Request it again with `/p0 request`, or ask an approver ({escape(', '.join(s.approvers))}).",
+        ),
+        "failed": (
+            "Your access could not be granted",
+            f":warning: Your request for {what} was approved but the grant failed: "
+            f"{escape(s.error or '?')}. Nothing was left behind; ask a DBA, then request again.",
+        ),
+        "rejected": (
+            "Your request was not accepted",
+            f":no_entry_sign: Your request for {what} was not accepted: {escape(s.error or '?')}",
+        ),
+        "expired": (
+            "Your access has expired",
+            f":lock: Your access to {what} has expired and was revoked. "
+            "Need more time? Request it again with `/p0 request`.",
+        ),
+        "relinquished": (
+            "You relinquished your access",
+            f":lock: You relinquished your access to {what}; it has been revoked.",
+        ),
+    }
+    if event not in texts:
+        return None
+    text, body = texts[event]
+    return text, [section(body), context(f"request `{escape(s.id)}`")]
+
+
+def revoke_alert(status: RequestStatus, detail: str) -> tuple[str, list[Block]]:
+    s = status
+    text = f"ALERT: revoking {s.role} from {s.db_user} on {s.instance} keeps failing"
+    return text, [
+        section(
+            f":rotating_light: *Revoke keeps failing*: role `{escape(s.role)}` from "
+            f"`{escape(s.db_user or '?')}` on `{escape(s.instance)}`. rolecall keeps retrying; "
+            "please check the database."
+        ),
+        context(escape(detail) or "no detail"),
+        context(f"request `{escape(s.id)}`"),
+    ]
+
+
+# ---- modals ------------------------------------------------------------------------------
+
+
+def duration_choices(inst: Instance) -> list[timedelta]:
+    choices = [d for d in DURATION_CHOICES if d <= inst.max_duration]
+    for extra in (inst.default_duration, inst.max_duration):
+        if extra not in choices:
+            choices.append(extra)
+    return sorted(choices)
+
+
+def request_modal(
+    instances: list[Instance],
+    selected: Instance,
+    roles: list[str],
+    private_metadata: str = "",
+) -> dict[str, Any]:
+    """The /p0 request modal; changing the instance reloads the roles (a modal update)."""
+    inst_options = [option(i.name, i.name) for i in instances]
+    blocks: list[Block] = [
+        {
+            "type": "input",
+            "block_id": B_INSTANCE,
+            "dispatch_action": True,
+            "label": plain("PostgreSQL instance"),
+            "element": {
+                "type": "static_select",
+                "action_id": INSTANCE_SELECT,
+                "options": inst_options[:100],
+                "initial_option": option(selected.name, selected.name),
+            },
+        },
+        {
+            "type": "input",
+            "block_id": B_KIND,
+            "label": plain("Access type"),
+            "element": {
+                "type": "static_select",
+                "action_id": "value",
+                "options": [option("Role", "role")],
+                "initial_option": option("Role", "role"),
+            },
+        },
+    ]
+    if roles:
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": B_ROLE,
+                "label": plain("Role name"),
+                "element": {
+                    "type": "static_select",
+                    "action_id": "value",
+                    "placeholder": plain("Choose a role"),
+                    "options": [option(r, r) for r in roles[:100]],
+                },
+            }
+        )
+    else:
+        blocks.append(
+            section(
+                f":warning: No requestable role exists on `{escape(selected.name)}` right now "
+                "(or the instance could not be reached). Pick another instance or ask a DBA."
+            )
+        )
+    durations = duration_choices(selected)
+    blocks += [
+        {
+            "type": "input",
+            "block_id": B_DURATION,
+            "label": plain("Duration"),
+            "element": {
+                "type": "static_select",
+                "action_id": "value",
+                "options": [option(format_duration(d), format_duration(d)) for d in durations],
+                "initial_option": option(
+                    format_duration(selected.default_duration), format_duration(selected.default_duration)
+                ),
+            },
+            "hint": plain(f"At most {format_duration(selected.max_duration)} on this instance."),
+        },
+        {
+            "type": "input",
+            "block_id": B_REASON,
+            "optional": True,
+            "label": plain("Reason"),
+            "element": {
+                "type": "plain_text_input",
+                "action_id": "value",
+                "multiline": True,
+                "max_length": 1000,
+                "placeholder": plain("What do you need it for? (ticket, incident...)"),
+            },
+        },
+    ]
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_MODAL,
+        "title": plain("Request access", 24),
+        "submit": plain("Request", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": private_metadata,
+        "blocks": blocks,
+    }
+
+
+def deny_modal(status: RequestStatus) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": DENY_MODAL,
+        "title": plain("Deny request", 24),
+        "submit": plain("Deny", 24),
+        "close": plain("Back", 24),
+        "private_metadata": status.id,
+        "blocks": [
+            section(
+                f"Deny {who(status)}'s request for `{escape(status.role)}` on `{escape(status.instance)}`?"
+            ),
+            {
+                "type": "input",
+                "block_id": B_DENY_REASON,
+                "optional": True,
+                "label": plain("Reason (shown to the requester)"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+def help_blocks(command: str) -> tuple[str, list[Block]]:
+    text = (
+        f"*rolecall* lends PostgreSQL roles for a limited time.\n"
+        f"• `{command} request`: ask for a role (a form opens); approvers get a message, "
+        "you get a DM when access is granted, and it is revoked automatically when it expires.\n"
+        f"• `{command} list`: your pending and active requests.\n"
+        f"• `{command} help`: this message.\n"
+        "The *Home* tab of this app shows your grants (with *Relinquish*) and, for approvers, "
+        "the requests waiting for you."
+    )
+    return "rolecall help", [section(text)]
+
+
+def _row(status: RequestStatus, extra: str = "") -> str:
+    base = (
+        f"{_ICON[status.state]} `{escape(status.role)}` on `{escape(status.instance)}` · "
+        f"{label(status.state)}"
+    )
+    if status.state == RequestState.GRANTED and status.expires_at:
+        base += f" until {slack_date(status.expires_at)}"
+    elif status.state == RequestState.PENDING:
+        base += f" · asked for {duration_of(status)}"
+    return base + extra
+
+
+def list_blocks(statuses: list[RequestStatus]) -> tuple[str, list[Block]]:
+    if not statuses:
+        return "You have no pending or active requests.", [
+            section("You have no pending or active requests. Ask with `/p0 request`.")
+        ]
+    blocks: list[Block] = [section("*Your pending and active requests*")]
+    for s in statuses[:40]:
+        blocks.append(section(_row(s)))
+    return f"You have {len(statuses)} pending or active request(s).", blocks
+
+
+def home_view(
+    grants: list[RequestStatus], pending: list[RequestStatus], to_approve: list[RequestStatus]
+) -> dict[str, Any]:
+    blocks: list[Block] = [
+        {"type": "header", "text": plain("Your database access")},
+    ]
+    if grants:
+        for s in grants[:25]:
+            blocks.append({**section(_row(s)), "accessory": relinquish_button(s.id)})
+    else:
+        blocks.append(context("No active grants. Use `/p0 request` to ask for a role."))
+    blocks += [{"type": "divider"}, {"type": "header", "text": plain("Your pending requests")}]
+    if pending:
+        for s in pending[:25]:
+            blocks.append({**section(_row(s)), "accessory": button("Cancel", CANCEL, s.id)})
+    else:
+        blocks.append(context("Nothing pending."))
+    if to_approve:
+        blocks += [{"type": "divider"}, {"type": "header", "text": plain("Waiting for your approval")}]
+        for s in to_approve[:25]:
+            blocks.append(section(f"{who(s)} ({escape(s.requester)}): {_row(s)}"))
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        button("Approve", APPROVE, s.id, "primary"),
+                        button("Deny", DENY, s.id, "danger"),
+                    ],
+                }
+            )
+    return {"type": "home", "blocks": blocks[:100]}

@@ -8,6 +8,7 @@ or to hang, for chosen methods. Point a client at it with `base_url=fake.url`.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -250,7 +251,9 @@ class FakeSlack:
 
         return Handler
 
-    def _answer(self, method: str, args: dict[str, Any], auth: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _answer(
+        self, method: str, args: dict[str, Any], auth: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         call = Call(method=method, args=args, at=time.monotonic())
         with self._lock:
             self.calls.append(call)
@@ -360,3 +363,286 @@ class FakeSlack:
         stored = {**view, "id": view_id, "hash": f"h{next(self._ts)}", "state": {"values": {}}}
         self.views[view_id] = stored
         return stored
+
+
+# ---- driving the Bolt app as Slack does --------------------------------------------------
+
+SECRET = "test-signing-secret"
+APPROVERS_CHANNEL = "CAPPROVERS"
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.text) if self.text else None
+
+
+class SlackDriver:
+    """Sends signed requests to the Bolt app exactly as Slack does (form or `payload=`)."""
+
+    def __init__(self, url: str, fake: FakeSlack, secret: str = SECRET) -> None:
+        from slack_sdk.signature import SignatureVerifier
+
+        self.url = url
+        self.fake = fake
+        self.verifier = SignatureVerifier(secret)
+        self._n = itertools.count(1)
+
+    async def post(
+        self,
+        body: str,
+        content_type: str,
+        *,
+        timestamp: int | None = None,
+        signature: str | None = None,
+    ) -> Reply:
+        import aiohttp
+
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        sig = (
+            signature if signature is not None else self.verifier.generate_signature(timestamp=ts, body=body)
+        )
+        headers = {
+            "Content-Type": content_type,
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": sig,
+        }
+        started = time.monotonic()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, data=body.encode(), headers=headers) as resp,
+        ):
+            text = await resp.text()
+            return Reply(resp.status, text, time.monotonic() - started)
+
+    def command_body(self, user: str, text: str, command: str = "/p0", channel: str = "CGENERAL") -> str:
+        from urllib.parse import urlencode
+
+        n = next(self._n)
+        return urlencode(
+            {
+                "token": "legacy-verification-token",
+                "team_id": TEAM,
+                "team_domain": "rolecall",
+                "channel_id": channel,
+                "channel_name": "general",
+                "user_id": user,
+                "user_name": user.lower(),
+                "command": command,
+                "text": text,
+                "api_app_id": "AROLECALL",
+                "response_url": self.fake.response_url(f"cmd{n}"),
+                "trigger_id": f"trigger.{n}",
+            }
+        )
+
+    async def command(self, user: str, text: str, **kw: Any) -> Reply:
+        return await self.post(self.command_body(user, text, **kw), "application/x-www-form-urlencoded")
+
+    async def interaction(self, payload: dict[str, Any], **kw: Any) -> Reply:
+        from urllib.parse import urlencode
+
+        body = urlencode({"payload": json.dumps(payload)})
+        return await self.post(body, "application/x-www-form-urlencoded", **kw)
+
+    def _base(self, type_: str, user: str) -> dict[str, Any]:
+        n = next(self._n)
+        return {
+            "type": type_,
+            "team": {"id": TEAM, "domain": "rolecall"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM},
+            "api_app_id": "AROLECALL",
+            "token": "legacy-verification-token",
+            "trigger_id": f"trigger.{n}",
+        }
+
+    async def click(
+        self,
+        user: str,
+        action_id: str,
+        value: str,
+        *,
+        channel: str | None = None,
+        ts: str | None = None,
+        home: bool = False,
+    ) -> Reply:
+        """A button click on a message (channel, ts) or on the App Home."""
+        payload = self._base("block_actions", user)
+        action = {"action_id": action_id, "block_id": "b", "type": "button", "value": value, "action_ts": "1"}
+        payload["actions"] = [action]
+        if home:
+            payload["container"] = {"type": "view", "view_id": f"home-{user}"}
+            payload["view"] = {"id": f"home-{user}", "type": "home", "blocks": [], "state": {"values": {}}}
+        else:
+            assert channel is not None and ts is not None
+            payload["container"] = {"type": "message", "message_ts": ts, "channel_id": channel}
+            payload["channel"] = {"id": channel, "name": "x"}
+            payload["message"] = {"ts": ts, "text": "", **self.fake.message(channel, ts)}
+            payload["response_url"] = self.fake.response_url(f"click{next(self._n)}")
+        return await self.interaction(payload)
+
+    async def select_in_view(
+        self, user: str, view: dict[str, Any], block: str, action_id: str, value: str
+    ) -> Reply:
+        payload = self._base("block_actions", user)
+        values = {block: {action_id: {"type": "static_select", "selected_option": _opt(value)}}}
+        payload["container"] = {"type": "view", "view_id": view["id"]}
+        payload["view"] = {**view, "state": {"values": values}}
+        payload["actions"] = [
+            {"action_id": action_id, "block_id": block, "type": "static_select",
+             "selected_option": _opt(value), "action_ts": "1"}
+        ]  # fmt: skip
+        return await self.interaction(payload)
+
+    async def submit(self, user: str, view: dict[str, Any], values: dict[str, dict[str, Any]]) -> Reply:
+        """Submit a modal; `values` maps block_id -> {action_id: str (select/text) }."""
+        state: dict[str, Any] = {}
+        for block, actions in values.items():
+            state[block] = {}
+            for action_id, value in actions.items():
+                element = _element(view, block)
+                if element.get("type") == "static_select":
+                    state[block][action_id] = {"type": "static_select", "selected_option": _opt(value)}
+                else:
+                    state[block][action_id] = {"type": "plain_text_input", "value": value}
+        payload = self._base("view_submission", user)
+        payload["view"] = {**view, "state": {"values": state}}
+        return await self.interaction(payload)
+
+    async def event(self, event: dict[str, Any], **kw: Any) -> Reply:
+        body = {
+            "token": "legacy-verification-token",
+            "team_id": TEAM,
+            "api_app_id": "AROLECALL",
+            "event": event,
+            "type": "event_callback",
+            "event_id": f"Ev{next(self._n)}",
+            "event_time": int(time.time()),
+        }
+        return await self.post(json.dumps(body), "application/json", **kw)
+
+
+def _opt(value: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": value}, "value": value}
+
+
+def _element(view: dict[str, Any], block_id: str) -> dict[str, Any]:
+    for block in view.get("blocks") or []:
+        if block.get("block_id") == block_id:
+            return dict(block.get("element") or {})
+    return {}
+
+
+# ---- the whole product: fake Slack + Bolt app over HTTP + worker + Temporal + PostgreSQL --
+
+
+@dataclass
+class World:
+    fake: FakeSlack
+    slack: SlackDriver
+    stack: Any  # tests.conftest.Stack
+    login: str
+    role: str
+
+    @property
+    def email(self) -> str:
+        return f"{self.login}@example.com"
+
+    def rid(self, role: str | None = None) -> str:
+        return f"access/pg/{role or self.role}/{self.email}"
+
+    def posts(self, channel: str) -> list[dict[str, Any]]:
+        """Messages currently in a channel (as last updated), oldest first."""
+        return sorted(self.fake.channel_messages(channel), key=lambda m: m["ts"])
+
+    def ephemerals(self, user: str) -> list[str]:
+        return [
+            str(c.args.get("text"))
+            for c in self.fake.calls_to("chat.postEphemeral")
+            if c.args.get("user") == user
+        ]
+
+    async def view(self, method: str = "views.open", count: int = 1, timeout: float = 10) -> dict[str, Any]:
+        """The view of the `count`-th successful call of `method`, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while len(self.fake.calls_to(method, ok=True)) < count:
+            if time.monotonic() > deadline:
+                bad = [c.response for c in self.fake.calls_to(method)]
+                raise AssertionError(f"no successful {method} #{count} within {timeout}s ({bad})")
+            await asyncio.sleep(0.05)
+        return dict(self.fake.calls_to(method, ok=True)[count - 1].response["view"])
+
+
+ALICE, DBA, BOB = "UALICE", "UDBA", "UBOB"
+
+
+def action_ids(message: dict[str, Any]) -> list[str]:
+    ids = []
+    for block in message.get("blocks") or []:
+        for element in block.get("elements") or []:
+            if element.get("action_id"):
+                ids.append(element["action_id"])
+        if (block.get("accessory") or {}).get("action_id"):
+            ids.append(block["accessory"]["action_id"])
+    return ids
+
+
+def text_of(message: dict[str, Any]) -> str:
+    return json.dumps(message.get("blocks") or []) + str(message.get("text") or "")
+
+
+def web_client_for(fake: FakeSlack) -> Any:
+    from activities.slack import web_client
+
+    return web_client(fake.token, base_url=fake.url, timeout=5)
+
+
+def world_context(make_stack: Any, roles: Any, *, approvers: list[str] | None = None, **extra: Any) -> Any:
+    """An async context manager yielding a `World`; the fake Slack is already running."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def world() -> Any:
+        from aiohttp import web
+
+        from rolecall.config import ConfigStore, Settings
+        from slack_app import build_app
+
+        role, login = roles.role(), roles.login()
+        fake = FakeSlack().start()
+        try:
+            fake.add_user(ALICE, f"{login}@example.com", "Alice Example")
+            fake.add_user(DBA, "DBA@example.com", "Dana DBA")
+            fake.add_user(BOB, "bob@example.com", "Bob Bystander")
+            extra.setdefault("slack_channel", APPROVERS_CHANNEL)
+            stack = await make_stack(
+                [role, *extra.pop("more_roles", [])],
+                approvers or ["dba@example.com"],
+                slack_client=web_client_for(fake),
+                **extra,
+            )
+            app = build_app(
+                ConfigStore(stack.config_path),
+                stack.client,
+                Settings(task_queue=stack.task_queue),
+                web_client=web_client_for(fake),
+                signing_secret=SECRET,
+            )
+            runner = web.AppRunner(app.web_app(path="/slack/events"))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            try:
+                driver = SlackDriver(f"http://127.0.0.1:{port}/slack/events", fake)
+                yield World(fake=fake, slack=driver, stack=stack, login=login, role=role)
+            finally:
+                await runner.cleanup()
+        finally:
+            fake.stop()
+
+    return world()

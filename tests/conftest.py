@@ -303,13 +303,20 @@ async def make_stack(
             worker: bool = True,
             sections: dict[str, dict[str, Any]] | None = None,
             slack_client: Any = None,
+            dsn: str | None = None,
             **extra: Any,
         ) -> Stack:
+            dsn_env = ADMIN_DSN_ENV
+            if dsn is not None:
+                # A DSN of this test's own (e.g. through a proxy it can stop).
+                dsn_env = f"ROLECALL_TEST_DSN_{uuid.uuid4().hex[:8].upper()}"
+                os.environ[dsn_env] = dsn
             path = write_config(
                 tmp_path / f"rolecall-{uuid.uuid4().hex[:6]}.toml",
                 roles,
                 approvers or ["dba@example.com"],
                 sections,
+                dsn_env,
                 **extra,
             )
             stack = Stack(

@@ -167,6 +167,7 @@ class AccessRequestWorkflow:
         grant_retry = RetryPolicy(
             maximum_interval=timedelta(seconds=15), non_retryable_error_types=NON_RETRYABLE
         )
+        grant_attempted = False
         try:
             prep = await workflow.execute_activity_method(
                 PostgresActivities.prepare_grant,
@@ -177,6 +178,7 @@ class AccessRequestWorkflow:
             )
             s.pre_existing = prep.pre_existing
             if not prep.pre_existing:
+                grant_attempted = True
                 await workflow.execute_activity_method(
                     PostgresActivities.grant_role,
                     grant,
@@ -187,10 +189,14 @@ class AccessRequestWorkflow:
         except ActivityError as e:
             s.error, s.error_type = failure_reason(e)
             s.error = f"grant failed: {s.error}"
-            if s.error_type != "GrantFailed" and not s.pre_existing:
-                # The grant may have committed before its answer was lost: take it back.
-                self._set_state(RequestState.REVOKING, "grant failed, making sure nothing stays")
+            if grant_attempted and s.error_type != "GrantFailed":
+                # A GRANT may have committed before its answer was lost: the requester is told
+                # now, and the workflow stays open until a revoke has made sure nothing stays.
+                self._set_state(RequestState.FAILED, f"{s.error}; making sure nothing stays")
+                self._notify("failed")
                 await self._revoke(policy)
+                s.revoked_at = workflow.now()
+                return await self._finish(RequestState.FAILED, None)
             return await self._finish(RequestState.FAILED, "failed")
 
         s.granted_at = workflow.now()
@@ -278,9 +284,10 @@ class AccessRequestWorkflow:
             reason, _ = failure_reason(e)
             return OnCallResult(on_call=False, checked=False, detail=f"on-call check failed: {reason}")
 
-    async def _finish(self, state: RequestState, event: NotificationEvent) -> RequestStatus:
+    async def _finish(self, state: RequestState, event: NotificationEvent | None) -> RequestStatus:
         self._set_state(state, self._status.error or label(state))
-        self._notify(event)
+        if event is not None:
+            self._notify(event)
         if self._notify_tail is not None:
             await self._notify_tail
         await workflow.wait_condition(workflow.all_handlers_finished)

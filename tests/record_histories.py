@@ -1,0 +1,93 @@
+"""Record workflow histories for the replay test: run once per released workflow version.
+
+    .venv/bin/python -m tests.record_histories
+
+Each scenario runs against a real dev server and PostgreSQL (ROLECALL_TEST_DSN or pgserver)
+and its history is written to tests/histories/<version>-<scenario>.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import tempfile
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from rolecall.config import ConfigStore
+from rolecall.models import AccessRequest, Decision
+from rolecall.operations import decide, get_status, handle, submit
+from rolecall.temporal import SEARCH_ATTRIBUTES
+from tests.conftest import temporal_binary
+from worker import build_worker
+
+VERSION = "v1"
+OUT = Path(__file__).parent / "histories"
+
+
+async def main() -> None:
+    dsn = os.environ.get("ROLECALL_TEST_DSN")
+    if not dsn:
+        import pgserver  # type: ignore[import-untyped]
+
+        dsn = str(pgserver.get_server(Path(tempfile.mkdtemp()), cleanup_mode="delete").get_uri())
+    os.environ["ROLECALL_RECORD_DSN"] = dsn
+    prefix = f"rec{uuid.uuid4().hex[:6]}"
+    role, login = f"{prefix}_ro", f"{prefix}_alice"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
+    config = Path(tempfile.mkdtemp()) / "rolecall.toml"
+    config.write_text(
+        f'[instances.pg]\ndsn_env = "ROLECALL_RECORD_DSN"\nroles = ["{role}"]\n'
+        'approvers = ["dba@example.com"]\napproval_timeout = "2s"\n'
+    )
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=pydantic_data_converter,
+    )
+    client = env.client
+    email = f"{login}@example.com"
+    dba = Decision(actor="dba@example.com")
+    me = Decision(actor=email)
+
+    async def scenario(name: str, duration: timedelta, steps: list[tuple[str, Decision]]) -> None:
+        s = await submit(
+            client,
+            AccessRequest(requester=email, instance="pg", role=role, duration=duration),
+            "record",
+        )
+        for signal, who in steps:
+            await asyncio.sleep(0.5)
+            await decide(client, s.id, signal, who)
+        h = handle(client, s.id)
+        await h.result()
+        history = await h.fetch_history()
+        (OUT / f"{VERSION}-{name}.json").write_text(history.to_json())
+        print(name, (await get_status(client, s.id)).state.value)
+
+    OUT.mkdir(exist_ok=True)
+    try:
+        async with build_worker(client, ConfigStore(config), "record"):
+            await scenario("relinquished", timedelta(hours=1), [("approve", dba), ("relinquish", me)])
+            await scenario("expired", timedelta(seconds=2), [("approve", dba)])
+            await scenario("denied", timedelta(hours=1), [("deny", dba)])
+            await scenario("cancelled", timedelta(hours=1), [("cancel", me)])
+            await scenario("timed_out", timedelta(hours=1), [])
+    finally:
+        await env.shutdown()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for name in (login, role):
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,195 @@
+"""No grant left behind: database outages, a killed worker, hour-long grants, replay.
+
+Each test states its bound and ends by asserting that no membership outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from rolecall.models import AccessRequest, Decision, RequestState
+from rolecall.operations import handle, submit
+from tests.conftest import REPO, Roles, eventually
+from tests.tcp_proxy import PostgresProxy
+from workflows.access_request import AccessRequestWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def _notified_events(client: Client, rid: str) -> list[str]:
+    """The notification events the workflow scheduled, read from its Temporal history."""
+    events = []
+    async for e in handle(client, rid).fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = e.activity_task_scheduled_event_attributes
+            if attrs.activity_type.name == "notify":
+                payload = json.loads(attrs.input.payloads[0].data)
+                events.append(payload["event"])
+    return events
+
+
+async def test_revoke_retried_through_a_database_outage(make_stack, roles: Roles, pg) -> None:
+    """Bound: revoked within 5 s of the database coming back; alerted after 2 failures."""
+    role, login = roles.role(), roles.login()
+    proxy = PostgresProxy(pg.dsn)
+    await proxy.start()
+    stack = await make_stack([role], dsn=proxy.dsn, revoke_alert_after=2, connect_timeout=2)
+    rid = await stack.request(login, role)
+    await stack.cli("approve", rid, "--as", "dba@example.com")
+    await stack.wait_state(rid, RequestState.GRANTED)
+
+    await proxy.stop()
+    r = await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
+    assert r.code == 0, r.err
+    await stack.wait_state(rid, RequestState.REVOKING)
+    await eventually(lambda: _has_event(stack.client, rid, "revoke_failing"), timeout=20, what="revoke alert")
+    assert pg.is_member(login, role)  # the database is down: nothing could be revoked yet
+
+    await proxy.start()
+    back = time.monotonic()
+    status = await stack.wait_state(rid, RequestState.RELINQUISHED, timeout=40)
+    assert not pg.is_member(login, role)
+    assert time.monotonic() - back < 35  # the next retry, at most the 30 s backoff cap
+    assert status.revoked_at is not None
+    await proxy.stop()
+
+
+async def _has_event(client: Client, rid: str, event: str) -> bool:
+    return event in await _notified_events(client, rid)
+
+
+async def test_grant_retried_while_database_down_then_fails_clearly(make_stack, roles: Roles, pg) -> None:
+    role, login = roles.role(), roles.login()
+    proxy = PostgresProxy(pg.dsn)
+    await proxy.start()
+    stack = await make_stack([role], dsn=proxy.dsn, grant_timeout="4s", connect_timeout=1)
+    rid = await stack.request(login, role)
+    await proxy.stop()
+    await stack.cli("approve", rid, "--as", "dba@example.com")
+    status = await stack.wait_state(rid, RequestState.FAILED, timeout=60)
+    assert status.error is not None and status.error.startswith("grant failed:")
+    assert "failed" in await _notified_events(stack.client, rid)
+    await proxy.start()
+    assert not pg.is_member(login, role)
+    await proxy.stop()
+
+
+async def test_grant_retried_until_database_is_back(make_stack, roles: Roles, pg) -> None:
+    role, login = roles.role(), roles.login()
+    proxy = PostgresProxy(pg.dsn)
+    await proxy.start()
+    stack = await make_stack([role], dsn=proxy.dsn, grant_timeout="1m", connect_timeout=1)
+    rid = await stack.request(login, role)
+    await proxy.stop()
+    await stack.cli("approve", rid, "--as", "dba@example.com")
+    await asyncio.sleep(2)
+    assert (await stack.status(rid)).state == RequestState.APPROVED
+    await proxy.start()
+    await stack.wait_state(rid, RequestState.GRANTED, timeout=30)
+    assert pg.is_member(login, role)
+    await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
+    await stack.wait_state(rid, RequestState.RELINQUISHED)
+    assert not pg.is_member(login, role)
+    await proxy.stop()
+
+
+def _worker_process(stack) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        ROLECALL_CONFIG=str(stack.config_path),
+        ROLECALL_TEMPORAL_ADDRESS=stack.address,
+        ROLECALL_TASK_QUEUE=stack.task_queue,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "rolecall.cli", "worker"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_worker_killed_while_granted_still_revokes_on_time(make_stack, roles: Roles, pg) -> None:
+    """A `rolecall worker` process SIGKILLed mid-grant; a new one revokes at expiry.
+
+    Bound: revoked within 15 s of expiry (the sticky-queue timeout is 5 s, plus start-up).
+    """
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role], worker=False)
+    proc = _worker_process(stack)
+    try:
+        rid = await stack.request(login, role, "8s")
+        await stack.cli("approve", rid, "--as", "dba@example.com")
+        status = await stack.wait_state(rid, RequestState.GRANTED, timeout=30)
+        assert pg.is_member(login, role)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = _worker_process(stack)
+        await eventually(lambda: not pg.is_member(login, role), timeout=40, what="revoke")
+        revoked = time.time()
+        assert status.expires_at is not None
+        assert revoked - status.expires_at.timestamp() < 15
+        final = await stack.wait_state(rid, RequestState.EXPIRED, timeout=20)
+        assert final.revoked_at is not None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_eight_hour_grant_expires_with_time_skipping(temporal, make_stack, roles: Roles, pg):
+    """The dev server's time skipping runs an 8-hour grant to its revoke in seconds."""
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role])
+    req = AccessRequest(
+        requester=f"{login}@example.com", instance="pg", role=role, duration=timedelta(hours=8)
+    )
+    status = await submit(temporal.client, req, stack.task_queue)  # the time-skipping client
+    h = temporal.client.get_workflow_handle_for(AccessRequestWorkflow.run, status.id)
+    await h.signal(AccessRequestWorkflow.approve, Decision(actor="dba@example.com"))
+    granted = await stack.wait_state(status.id, RequestState.GRANTED)
+    assert pg.is_member(login, role)
+    started = time.monotonic()
+    await temporal.fast_forward(h, timedelta(hours=8, minutes=1))
+    final = await stack.wait_state(status.id, RequestState.EXPIRED, timeout=30)
+    assert time.monotonic() - started < 30
+    assert not pg.is_member(login, role)
+    assert final.revoked_at is not None and granted.expires_at is not None
+    assert final.revoked_at >= granted.expires_at
+
+
+async def test_recorded_histories_replay(make_stack, roles: Roles) -> None:
+    """Histories recorded from earlier versions must replay: running requests survive upgrades.
+
+    New histories are recorded by running tests/record_histories.py; fresh ones are replayed too.
+    """
+    files = sorted(HISTORIES.glob("*.json"))
+    assert files, "no recorded histories in tests/histories"
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role])
+    rid = await stack.request(login, role)
+    await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
+    await stack.wait_state(rid, RequestState.DENIED)
+    fresh = await handle(stack.client, rid).fetch_history()
+    histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files] + [fresh]
+    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=pydantic_data_converter)
+    async with replayer.workflow_replay_iterator(_aiter(histories)) as results:
+        async for result in results:
+            assert result.replay_failure is None, result.replay_failure
+
+
+async def _aiter(items):
+    for item in items:
+        yield item

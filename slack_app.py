@@ -42,6 +42,8 @@ log = logging.getLogger("rolecall.slack_app")
 # How long a submission may wait for the request's check before answering Slack anyway.
 SUBMIT_WAIT = 2.0
 ROLE_LIST_TIMEOUT = 1.5
+# A status query waits for a worker; lists skip requests that do not answer in time.
+STATUS_TIMEOUT = 2.0
 ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
 NO_EMAIL = (
     "rolecall identifies people by their email address, and Slack does not show yours to this app. "
@@ -376,9 +378,10 @@ def build_app(
         await web.views_open(trigger_id=body["trigger_id"], view=kit.deny_modal(status))
 
     async def _status_or_none(rid: str) -> RequestStatus | None:
+        """The status, or None when it is unknown or cannot be had quickly (no worker)."""
         try:
-            return await operations.get_status(client, rid)
-        except RolecallError:
+            return await asyncio.wait_for(operations.get_status(client, rid), STATUS_TIMEOUT)
+        except (RolecallError, TimeoutError):
             return None
 
     @app.view(kit.DENY_MODAL)

@@ -601,7 +601,14 @@ def web_client_for(fake: FakeSlack) -> Any:
     return web_client(fake.token, base_url=fake.url, timeout=5)
 
 
-def world_context(make_stack: Any, roles: Any, *, approvers: list[str] | None = None, **extra: Any) -> Any:
+def world_context(
+    make_stack: Any,
+    roles: Any,
+    *,
+    approvers: list[str] | None = None,
+    requester_approves: bool = False,
+    **extra: Any,
+) -> Any:
     """An async context manager yielding a `World`; the fake Slack is already running."""
     import contextlib
 
@@ -621,7 +628,10 @@ def world_context(make_stack: Any, roles: Any, *, approvers: list[str] | None = 
             extra.setdefault("slack_channel", APPROVERS_CHANNEL)
             stack = await make_stack(
                 [role, *extra.pop("more_roles", [])],
-                approvers or ["dba@example.com"],
+                [
+                    *(approvers or ["dba@example.com"]),
+                    *([f"{login}@example.com"] if requester_approves else []),
+                ],
                 slack_client=web_client_for(fake),
                 **extra,
             )

@@ -403,9 +403,9 @@ class SlackDriver:
         import aiohttp
 
         ts = str(timestamp if timestamp is not None else int(time.time()))
-        sig = (
-            signature if signature is not None else self.verifier.generate_signature(timestamp=ts, body=body)
-        )
+        sig = signature
+        if sig is None:
+            sig = str(self.verifier.generate_signature(timestamp=ts, body=body))
         headers = {
             "Content-Type": content_type,
             "X-Slack-Request-Timestamp": ts,

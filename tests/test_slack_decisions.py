@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from rolecall import slack_blocks as kit
 from rolecall.models import RequestState
@@ -10,7 +11,7 @@ from tests.conftest import Roles, eventually
 from tests.fake_slack import ALICE, APPROVERS_CHANNEL, BOB, DBA, World, action_ids, text_of, world_context
 
 
-async def pending_request(w: World) -> tuple[str, dict]:
+async def pending_request(w: World) -> tuple[str, dict[str, Any]]:
     rid = await w.stack.request(w.login, w.role, "1h", "deploy hotfix")
     await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 15, "the approvers' message")
     return rid, w.posts(APPROVERS_CHANNEL)[0]
@@ -118,8 +119,8 @@ async def test_app_home(make_stack, roles: Roles, pg) -> None:
     async with world_context(make_stack, roles) as w:
         rid, _ = await pending_request(w)
 
-        async def home(user: str, needle: str) -> dict:
-            found: dict = {}
+        async def home(user: str, needle: str) -> dict[str, Any]:
+            found: dict[str, Any] = {}
 
             async def published() -> bool:
                 n = len(w.fake.calls_to("views.publish", ok=True))

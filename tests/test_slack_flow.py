@@ -7,6 +7,7 @@ the Temporal dev server and PostgreSQL; Slack itself is the local fake in fake_s
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from rolecall import slack_blocks as kit
 from rolecall.models import RequestState
@@ -35,7 +36,7 @@ async def open_and_submit(w: World, duration: str = "1h", reason: str = "INC-42 
     return w.rid()
 
 
-def approval_message(w: World) -> dict:
+def approval_message(w: World) -> dict[str, Any]:
     posts = w.posts(APPROVERS_CHANNEL)
     assert len(posts) == 1, posts
     return posts[0]
@@ -150,7 +151,7 @@ async def test_instance_change_reloads_roles_and_help_and_list(make_stack, roles
         assert action_ids(approval_message(w)) == []
 
 
-def _element(view: dict, block_id: str) -> dict:
+def _element(view: dict[str, Any], block_id: str) -> dict[str, Any]:
     for block in view["blocks"]:
         if block.get("block_id") == block_id:
             return dict(block["element"])

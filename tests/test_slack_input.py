@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,8 @@ from tests.fake_slack import ALICE, DBA, SlackDriver, World, world_context
 
 
 def form(
-    w: World, view: dict, *, role: str | None = None, duration: str = "1h", instance: str = "pg"
-) -> dict:
+    w: World, view: dict[str, Any], *, role: str | None = None, duration: str = "1h", instance: str = "pg"
+) -> dict[str, Any]:
     return {
         kit.B_INSTANCE: {kit.INSTANCE_SELECT: instance},
         kit.B_KIND: {"value": "role"},

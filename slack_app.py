@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable
@@ -439,14 +440,18 @@ def _client_from_env() -> AsyncWebClient:
     token = os.environ.get("SLACK_BOT_TOKEN")
     if not token:
         raise ConfigError("SLACK_BOT_TOKEN is not set")
-    return make_web_client(token)
+    # SLACK_API_URL: a proxy or a local fake in front of https://slack.com/api/
+    return make_web_client(token, base_url=os.environ.get("SLACK_API_URL") or None)
 
 
 async def serve(settings: Settings) -> None:
     from rolecall.temporal import connect
 
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot reach Temporal at {settings.temporal_address}: {e}") from e
     app = build_app(config, client, settings)
     app_token = os.environ.get("SLACK_APP_TOKEN")
     if app_token:
@@ -462,8 +467,13 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()  # Slack must reach it
     log.info("Slack app listening on :%d/slack/events", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("Slack app stopping")
     finally:
         await runner.cleanup()
 

@@ -120,3 +120,55 @@ async def test_invalid_modal_input_is_shown_inline(make_stack, roles: Roles) -> 
         assert not [
             c for c in w.fake.calls if c.response.get("error") in ("invalid_blocks", "invalid_arguments")
         ]
+
+
+async def test_main_serves_http_with_the_signing_secret(make_stack, roles: Roles, tmp_path) -> None:
+    """`python slack_app.py` in HTTP mode: port from config, 401 unsigned, answers signed."""
+    import asyncio
+    import os
+    import socket
+    import sys
+
+    from tests.conftest import REPO, write_config
+    from tests.fake_slack import SECRET, FakeSlack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    role = roles.role()
+    stack = await make_stack([role], worker=False)
+    config = write_config(tmp_path / "app.toml", [role], ["dba@example.com"], {"slack": {"port": port}})
+    with FakeSlack() as fake:
+        env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": fake.token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": fake.url,
+            "ROLECALL_CONFIG": str(config),
+            "ROLECALL_TEMPORAL_ADDRESS": stack.address,
+            "ROLECALL_TASK_QUEUE": stack.task_queue,
+        }
+        env.pop("SLACK_APP_TOKEN", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "slack_app.py", cwd=REPO, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            driver = SlackDriver(f"http://127.0.0.1:{port}/slack/events", fake)
+
+            async def up() -> bool:
+                try:
+                    return (await driver.command(ALICE, "help")).status == 200
+                except OSError:
+                    return False
+
+            await eventually(up, 30, "the Slack app to listen")
+            r = await driver.command(ALICE, "help")
+            assert "/p0 request" in r.text
+            unsigned = SlackDriver(driver.url, fake, secret="wrong")
+            assert (await unsigned.command(ALICE, "help")).status == 401
+        finally:
+            proc.terminate()
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err, err.decode()

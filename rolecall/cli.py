@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -201,5 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e)
 
 
+def run() -> None:
+    """Console-script entry point: exit without the interpreter's shutdown.
+
+    The Temporal SDK's native bridge can abort the interpreter while it finalizes
+    ("PyGILState_Release"), turning a finished command's exit code into 134. The work is
+    done and flushed by then, so leave directly with the command's own code.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

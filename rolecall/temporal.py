@@ -8,6 +8,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 
 from rolecall.config import Settings
+from rolecall.errors import RolecallError
 
 REQUESTER = SearchAttributeKey.for_keyword("RolecallRequester")
 INSTANCE = SearchAttributeKey.for_keyword("RolecallInstance")
@@ -36,11 +37,18 @@ async def connect(settings: Settings | None = None, runtime: Runtime | None = No
         with open(s.temporal_tls_cert, "rb") as cert, open(s.temporal_tls_key, "rb") as key:
             tls = TLSConfig(client_cert=cert.read(), client_private_key=key.read())
     api_key = s.temporal_api_key.get_secret_value() if s.temporal_api_key else None
-    return await Client.connect(
-        s.temporal_address,
-        namespace=s.temporal_namespace,
-        data_converter=pydantic_data_converter,
-        tls=tls if not api_key else (tls or True),
-        api_key=api_key,
-        runtime=runtime,
-    )
+    try:
+        return await Client.connect(
+            s.temporal_address,
+            namespace=s.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            tls=tls if not api_key else (tls or True),
+            api_key=api_key,
+            runtime=runtime,
+        )
+    except RuntimeError as e:
+        why = "connection refused" if "Connection refused" in str(e) else str(e)
+        raise RolecallError(
+            f"cannot reach Temporal at {s.temporal_address} ({why}); is the server running? "
+            "(`make run` starts one; ROLECALL_TEMPORAL_ADDRESS points elsewhere)"
+        ) from e

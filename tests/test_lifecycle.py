@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from rolecall.models import RequestState
+from rolecall.operations import handle
 from tests.conftest import Roles, eventually
 
 
@@ -102,6 +103,7 @@ async def test_duplicate_request_refused_then_allowed_after_close(make_stack, ro
     assert "you already have a pending or active request" in r.err
     await stack.cli("cancel", rid, "--as", f"{login}@example.com")
     await stack.wait_state(rid, RequestState.CANCELLED)
+    await handle(stack.client, rid).result()  # closed once its last notification is sent
     # A closed request's ID can be used again.
     assert await stack.request(login, role) == rid
     await eventually(lambda: _is_pending(stack, rid), timeout=10, what="the second request to be pending")

@@ -35,7 +35,7 @@ from rolecall.config import ConfigStore, Instance, Settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
-from rolecall.policy import refusal
+from rolecall.policy import DECISIONS, refusal
 from rolecall.temporal import request_id
 
 log = logging.getLogger("rolecall.slack_app")
@@ -340,7 +340,13 @@ def build_app(
             if mine:
                 await tell(body, f":no_entry_sign: {mine[-1].why}")
                 break
-            if status.state != before.state or status.decision_reason != before.decision_reason:
+            if signal in DECISIONS and status.state != RequestState.PENDING:
+                if status.decided_by != email:
+                    # Someone else's decision landed first; ours was or will be refused.
+                    why = refusal(signal, email, status) or f"already decided by {status.decided_by}"
+                    await tell(body, f":no_entry_sign: {why}")
+                break
+            if signal == "relinquish" and status.state != RequestState.GRANTED:
                 break
             await asyncio.sleep(0.1)
         if (body.get("view") or {}).get("type") == "home":

@@ -156,3 +156,28 @@ def _element(view: dict[str, Any], block_id: str) -> dict[str, Any]:
         if block.get("block_id") == block_id:
             return dict(block["element"])
     raise AssertionError(f"no block {block_id!r} in {view}")
+
+
+async def test_pagerduty_auto_approval_says_so(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    from tests.fake_pagerduty import FakePagerDuty
+
+    with FakePagerDuty() as pd:
+        monkeypatch.setenv("ROLECALL_TEST_SLACK_PD_TOKEN", pd.token)
+        section = {"enabled": True, "token_env": "ROLECALL_TEST_SLACK_PD_TOKEN", "url": pd.url, "timeout": 2}
+        async with world_context(make_stack, roles, sections={"pagerduty": section}) as w:
+            user = pd.add_user(w.email, "Alice")
+            pd.add_oncall(user, ("PEPDB01", "Databases"), level=1, schedule=("PSCDB01", "DB primary"))
+            rid = await open_and_submit(w, duration="30m")
+            status = await w.stack.wait_state(rid, RequestState.GRANTED, timeout=20)
+            assert status.auto_approved and pg.is_member(w.login, w.role)
+
+            await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 15, "the approvers' message")
+            await eventually(lambda: "Granted until" in text_of(approval_message(w)), 15, "grant shown")
+            msg = approval_message(w)
+            assert action_ids(msg) == [] and "Auto-approved" in text_of(msg) and "on call" in text_of(msg)
+            dm = f"D{ALICE}"
+            await eventually(lambda: len(w.posts(dm)) == 2, 15, "the confirmation and grant DMs")
+            confirm, grant = w.posts(dm)
+            assert "auto-approved" in text_of(confirm) and action_ids(confirm) == []
+            assert "Auto-approved: you are on call" in text_of(grant)
+            assert action_ids(grant) == [kit.RELINQUISH]

@@ -44,7 +44,7 @@ log = logging.getLogger("rolecall.slack_app")
 SUBMIT_WAIT = 2.0
 ROLE_LIST_TIMEOUT = 1.5
 # A status query waits for a worker; lists skip requests that do not answer in time.
-STATUS_TIMEOUT = 2.0
+STATUS_TIMEOUT = 1.5
 ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
 NO_EMAIL = (
     "rolecall identifies people by their email address, and Slack does not show yours to this app. "
@@ -135,7 +135,6 @@ def build_app(
         background.add(task)
         task.add_done_callback(background.discard)
 
-    app.background_tasks = background  # type: ignore[attr-defined]
 
     async def who(user_id: str) -> tuple[str, str] | None:
         """(email, display name) of a Slack user, or None without a visible email."""

@@ -135,7 +135,6 @@ def build_app(
         background.add(task)
         task.add_done_callback(background.discard)
 
-
     async def who(user_id: str) -> tuple[str, str] | None:
         """(email, display name) of a Slack user, or None without a visible email."""
         hit = emails.get(user_id)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rolecall import operations
@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
 
     sub.add_parser("worker", help="run the Temporal worker")
+
+    sq = sub.add_parser("setup-sql", help="print the SQL that creates rolecall's least-privilege login")
+    sq.add_argument("--instance", required=True)
+    sq.add_argument("--login", default="rolecall_admin", help="name of the login to create")
+    sq.add_argument("--server-version", type=int, help="major version (e.g. 15, 16): don't connect")
+    sq.add_argument("--role", action="append", default=[], help="with --server-version: a role")
+
+    dr = sub.add_parser("doctor", help="check rolecall can grant, revoke and end sessions")
+    dr.add_argument("--instance", help="only this instance")
     sub.add_parser("setup", help="register rolecall's search attributes in the namespace (idempotent)")
     return p
 
@@ -125,6 +134,8 @@ def _print_status(s: RequestStatus) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.command in ("setup-sql", "doctor"):
+        return await _admin(args, settings)
     if args.command == "worker":
         import worker
 
@@ -181,7 +192,31 @@ async def _run(args: argparse.Namespace) -> int:
     raise BadRequest(f"unknown command {args.command!r}")
 
 
-Command = Callable[[argparse.Namespace], Awaitable[int]]
+async def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    """Commands that talk to PostgreSQL, not to Temporal."""
+    from rolecall import pgadmin
+    from rolecall.config import load
+
+    config = load(settings.config)
+    if args.command == "setup-sql":
+        instance = config.instance(args.instance)
+        if args.server_version:
+            version = args.server_version * 10000
+            roles = args.role or [r for r in instance.roles if not set("*?[") & set(r)]
+            bad = [r for r in roles if not instance.is_requestable(r)]
+            if bad:
+                raise BadRequest(f"role {bad[0]!r} is not requestable on instance {instance.name!r}")
+        else:
+            version, roles = await pgadmin.server_version(instance)
+        print(pgadmin.setup_sql(instance, roles, version, args.login), end="")
+        return 0
+    names = [args.instance] if args.instance else sorted(config.instances)
+    ok = True
+    for name in names:
+        report = await pgadmin.doctor(config.instance(name))
+        print(report.render())
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

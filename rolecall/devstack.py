@@ -39,7 +39,7 @@ def ensure_config() -> Path:
 
 
 def start_postgres() -> str:
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     server = pgserver.get_server(STATE / "pg", cleanup_mode="stop")
     dsn = str(server.get_uri())
@@ -110,9 +110,7 @@ def main() -> int:
     try:
         env["ROLECALL_DEMO_DSN"] = start_postgres()
         children.append(start_temporal())
-        children.append(
-            subprocess.Popen([sys.executable, "-m", "rolecall.cli", "worker"], env=env)
-        )
+        children.append(subprocess.Popen([sys.executable, "-m", "rolecall.cli", "worker"], env=env))
         if env.get("SLACK_BOT_TOKEN"):
             children.append(subprocess.Popen([sys.executable, "slack_app.py"], env=env))
         else:
@@ -129,7 +127,7 @@ def main() -> int:
         while not stopping:
             for child in children:
                 if child.poll() is not None:
-                    say(f"{child.args[0]} exited with {child.returncode}; stopping")
+                    say(f"{child.args!r} exited with {child.returncode}; stopping")
                     return 1
             time.sleep(0.5)
         return 0

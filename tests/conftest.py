@@ -25,6 +25,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -59,14 +60,11 @@ class Postgres:
 
     def connect_as(self, login: str) -> psycopg.Connection[Any]:
         """A session of the grantee, as it would connect to the database itself."""
-        conninfo = psycopg.conninfo.conninfo_to_dict(self.dsn)
-        conninfo["user"] = login
-        conninfo.pop("password", None)
-        return psycopg.connect(**conninfo, autocommit=True)
+        return psycopg.connect(make_conninfo(self.dsn, user=login), autocommit=True)
 
 
 def _embedded_pg() -> str:
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     # One server for every pytest process of this run (pgserver counts its users).
     root = Path(tempfile.gettempdir()) / f"rolecall-test-pg-{os.getuid()}"

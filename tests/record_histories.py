@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-
 import tempfile
 import uuid
 from datetime import timedelta
@@ -35,7 +34,7 @@ OUT = Path(__file__).parent / "histories"
 async def main() -> None:
     dsn = os.environ.get("ROLECALL_TEST_DSN")
     if not dsn:
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
 
         dsn = str(pgserver.get_server(Path(tempfile.mkdtemp()), cleanup_mode="delete").get_uri())
     os.environ["ROLECALL_RECORD_DSN"] = dsn

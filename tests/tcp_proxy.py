@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 class PostgresProxy:
     def __init__(self, target_dsn: str) -> None:
         info = conninfo_to_dict(target_dsn)
-        self._info = info
+        self._dsn = target_dsn
         host = str(info.get("host") or "127.0.0.1")
         port = int(info.get("port") or 5432)
         self._unix = os.path.join(host, f".s.PGSQL.{port}") if host.startswith("/") else None
@@ -27,8 +27,7 @@ class PostgresProxy:
 
     @property
     def dsn(self) -> str:
-        info = {k: v for k, v in self._info.items() if k not in ("host", "port")}
-        return make_conninfo(**info, host="127.0.0.1", port=str(self.port))
+        return make_conninfo(self._dsn, host="127.0.0.1", port=str(self.port))
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)

@@ -48,10 +48,8 @@ DecisionKind = Literal["approve", "deny", "cancel"]
 _CHECK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=NON_RETRYABLE)
 _NOTIFY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 # Revoke is sacred: it is never given up. Attempts are only counted to know when to alert.
-_REVOKE_BACKOFF = {
-    "initial_interval": timedelta(seconds=1),
-    "maximum_interval": timedelta(seconds=30),
-}
+_REVOKE_FIRST_RETRY = timedelta(seconds=1)
+_REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
 
 
@@ -245,7 +243,11 @@ class AccessRequestWorkflow:
                     PostgresActivities.revoke_role,
                     inp,
                     start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=RetryPolicy(**_REVOKE_BACKOFF, maximum_attempts=max_attempts),
+                    retry_policy=RetryPolicy(
+                        initial_interval=_REVOKE_FIRST_RETRY,
+                        maximum_interval=_REVOKE_MAX_BACKOFF,
+                        maximum_attempts=max_attempts,
+                    ),
                 )
             except ActivityError as e:
                 reason, _ = failure_reason(e)

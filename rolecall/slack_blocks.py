@@ -136,7 +136,7 @@ def _decided_line(status: RequestStatus) -> str:
     when = f" on {slack_date(s.decided_at)}" if s.decided_at else ""
     reason = f": {escape(s.decision_reason)}" if s.decision_reason else ""
     if s.auto_approved:
-        return f":robot_face: Auto-approved{when}: requester is on call ({escape(s.on_call_detail)})"
+        return f":robot_face: Auto-approved{when}: {escape(s.on_call_detail)}"
     if s.state == RequestState.DENIED:
         return f":x: Denied by {escape(s.decided_by or '?')}{when}{reason}"
     if s.state == RequestState.CANCELLED:
@@ -193,6 +193,8 @@ def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
                 ],
             }
         )
+        if s.on_call_detail:  # e.g. the PagerDuty check could not be done: say so
+            blocks.append(context(f":warning: {escape(s.on_call_detail)}"))
         blocks.append(context(f"Approvers: {escape(', '.join(s.approvers))} · request `{escape(s.id)}`"))
     else:
         lines = [_decided_line(s)]
@@ -252,7 +254,7 @@ def grant_message(status: RequestStatus) -> tuple[str, list[Block]]:
             f"It was granted to `{escape(s.db_user or '?')}` until {expiry}.",
         ]
     if s.auto_approved:
-        lines.append(f":robot_face: Auto-approved: you are on call ({escape(s.on_call_detail)}).")
+        lines.append(f":robot_face: Auto-approved: {escape(s.on_call_detail)}.")
     elif s.decided_by:
         lines.append(f"Approved by {escape(s.decided_by)}.")
     blocks: list[Block] = [section("\n".join(lines)), *_warnings(s)]

@@ -179,5 +179,6 @@ async def test_pagerduty_auto_approval_says_so(make_stack, roles: Roles, pg, mon
             await eventually(lambda: len(w.posts(dm)) == 2, 15, "the confirmation and grant DMs")
             confirm, grant = w.posts(dm)
             assert "auto-approved" in text_of(confirm) and action_ids(confirm) == []
-            assert "Auto-approved: you are on call" in text_of(grant)
+            assert f"Auto-approved: {status.on_call_detail}" in text_of(grant)
+            assert "is on call" in status.on_call_detail
             assert action_ids(grant) == [kit.RELINQUISH]

@@ -110,11 +110,11 @@ class AccessRequestWorkflow:
             return await self._finish(RequestState.REJECTED, "rejected")
 
         policy = self._policy = check.policy
+        s.warnings = check.warnings
         if policy.approver_groups:
             policy.approvers = await self._expand_groups(policy)
         s.db_user = check.db_user
         s.duration = check.duration
-        s.warnings = check.warnings
         s.approvers = policy.approvers
         s.approver_channel = policy.slack_channel
         s.allow_self_approval = policy.allow_self_approval
@@ -284,7 +284,9 @@ class AccessRequestWorkflow:
             )
         except ActivityError as e:
             reason, _ = failure_reason(e)
-            return OnCallResult(on_call=False, checked=False, detail=f"on-call check failed: {reason}")
+            return OnCallResult(
+                on_call=False, checked=False, detail=f"PagerDuty on-call check could not be done: {reason}"
+            )
 
     async def _finish(self, state: RequestState, event: NotificationEvent | None) -> RequestStatus:
         self._set_state(state, self._status.error or label(state))

@@ -34,6 +34,7 @@ from rolecall import slack_blocks as kit
 from rolecall.config import ConfigStore, Instance, Settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
+from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import DECISIONS, refusal
 from rolecall.temporal import request_id
@@ -483,7 +484,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     missing = [] if os.environ.get("SLACK_BOT_TOKEN") else ["SLACK_BOT_TOKEN"]
     if not os.environ.get("SLACK_APP_TOKEN") and not os.environ.get("SLACK_SIGNING_SECRET"):
         missing.append("SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for Socket Mode)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.client import Client, TLSConfig
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 
@@ -14,15 +16,23 @@ REQUESTER = SearchAttributeKey.for_keyword("RolecallRequester")
 INSTANCE = SearchAttributeKey.for_keyword("RolecallInstance")
 ROLE = SearchAttributeKey.for_keyword("RolecallRole")
 STATE = SearchAttributeKey.for_keyword("RolecallState")
-SEARCH_ATTRIBUTES = [REQUESTER, INSTANCE, ROLE, STATE]
+# Set when the decision is made: true when the on-call check approved the request.
+AUTO_APPROVED = SearchAttributeKey.for_bool("RolecallAutoApproved")
+SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [REQUESTER, INSTANCE, ROLE, STATE, AUTO_APPROVED]
 
 
 def dev_server_flags() -> list[str]:
     """`temporal server start-dev` flags that register rolecall's search attributes."""
     flags: list[str] = []
     for key in SEARCH_ATTRIBUTES:
-        flags += ["--search-attribute", f"{key.name}=Keyword"]
+        flags += ["--search-attribute", f"{key.name}={_DEV_SERVER_TYPES[key.indexed_value_type]}"]
     return flags
+
+
+_DEV_SERVER_TYPES = {
+    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.BOOL: "Bool",
+}
 
 
 def request_id(instance: str, role: str, requester: str) -> str:

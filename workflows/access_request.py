@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.postgres import PostgresActivities
     from rolecall.durations import format_duration
     from rolecall.errors import NON_RETRYABLE
+    from rolecall.metrics import observe
     from rolecall.models import (
         AccessRequest,
         ApproverGroups,
@@ -41,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeResult,
     )
     from rolecall.policy import label, refusal
-    from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE
+    from rolecall.temporal import AUTO_APPROVED, INSTANCE, REQUESTER, ROLE, STATE
 
 DecisionKind = Literal["approve", "deny", "cancel"]
 
@@ -89,6 +90,7 @@ class AccessRequestWorkflow:
         self._relinquished: Decision | None = None
         self._messages: dict[str, MessageRef] = {}
         self._notify_tail: asyncio.Task[None] | None = None
+        self._observed: set[str] = set()  # metrics already recorded (rolecall.metrics)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -302,14 +304,17 @@ class AccessRequestWorkflow:
     def _set_state(self, state: RequestState, details: str) -> None:
         s = self._status
         s.state = state
-        workflow.upsert_search_attributes(
-            [
-                STATE.value_set(state.value),
-                REQUESTER.value_set(s.requester),
-                INSTANCE.value_set(s.instance),
-                ROLE.value_set(s.role),
-            ]
-        )
+        attributes: list[SearchAttributeUpdate[Any]] = [
+            STATE.value_set(state.value),
+            REQUESTER.value_set(s.requester),
+            INSTANCE.value_set(s.instance),
+            ROLE.value_set(s.role),
+        ]
+        # Histories from before RolecallAutoApproved existed replay without it (no marker).
+        if workflow.patched("auto-approved-search-attribute") and s.decided_at is not None:
+            attributes.append(AUTO_APPROVED.value_set(s.auto_approved))
+        workflow.upsert_search_attributes(attributes)
+        observe(s, self._observed)
         workflow.set_current_details(
             f"**{state.value}**: {details}\n\n"
             f"requester `{s.requester}` (login `{s.db_user or '?'}`), role `{s.role}` "

@@ -16,9 +16,12 @@ from temporalio.worker import Worker
 from activities.notify import Notifier, NotifyActivities, no_approver_groups
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
+from activities.temporal import TemporalActivities
 from rolecall.config import ConfigStore, Settings
+from rolecall.schedules import ensure_reconcile_schedules
 from rolecall.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
+from workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger("rolecall.worker")
 
@@ -43,17 +46,21 @@ def build_worker(
         notifier = notifier or SlackNotifier(slack_client)
         expand_groups = SlackActivities(slack_client).expand_approver_groups
     notify = NotifyActivities(notifier)
+    temporal = TemporalActivities(client, config)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[AccessRequestWorkflow],
+        workflows=[AccessRequestWorkflow, ReconcileWorkflow],
         activities=[
             postgres.check_request,
             postgres.prepare_grant,
             postgres.grant_role,
             postgres.revoke_role,
+            postgres.list_memberships,
             pagerduty.check_oncall,
             notify.notify,
+            notify.report,
+            temporal.open_grants,
             expand_groups,
         ],
     )
@@ -71,6 +78,7 @@ async def run(settings: Settings | None = None) -> None:
         slack_client = web_client(os.environ["SLACK_BOT_TOKEN"])
         log.info("notifications go to Slack")
     worker = build_worker(client, config, settings.task_queue, slack_client=slack_client)
+    await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

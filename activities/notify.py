@@ -13,13 +13,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from rolecall.durations import format_duration
-from rolecall.models import ApproverGroups, Approvers, Notification, NotifyResult
+from rolecall.models import ApproverGroups, Approvers, Notification, NotifyResult, ReconcileReport
 
 log = logging.getLogger("rolecall.notify")
 
 
 class Notifier(Protocol):
     async def send(self, note: Notification) -> NotifyResult: ...
+
+    async def report(self, report: ReconcileReport) -> None: ...
 
 
 def describe(note: Notification) -> str:
@@ -47,6 +49,9 @@ class LogNotifier:
         log.log(level, describe(note), extra={"request_id": note.status.id})
         return NotifyResult()
 
+    async def report(self, report: ReconcileReport) -> None:
+        log.warning(report.summary(), extra={"request_id": f"reconcile/{report.instance}"})
+
 
 class NotifyActivities:
     def __init__(self, notifier: Notifier | None = None) -> None:
@@ -55,6 +60,11 @@ class NotifyActivities:
     @activity.defn(name="notify")
     async def notify(self, note: Notification) -> NotifyResult:
         return await self._notifier.send(note)
+
+    @activity.defn(name="report_reconcile")
+    async def report(self, report: ReconcileReport) -> None:
+        """Tell the approvers what the reconciler found and did."""
+        await self._notifier.report(report)
 
 
 @activity.defn(name="expand_approver_groups")

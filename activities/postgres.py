@@ -33,18 +33,22 @@ from rolecall.models import (
     CheckResult,
     GrantInput,
     GrantResult,
+    Membership,
+    MembershipList,
     Policy,
     PrepareResult,
+    ReconcileInput,
     RevokeInput,
     RevokeResult,
 )
 
 log = logging.getLogger(__name__)
 
-# The effective grantor of our own GRANTs: PostgreSQL records a superuser's grant as made by
-# the bootstrap superuser (oid 10), anyone else's as made by themselves.
+# The grantor PostgreSQL records for our own GRANTs. 16+ records a superuser's grant as made
+# by the bootstrap superuser (oid 10); 15 records current_user whoever it is.
 _OUR_GRANTOR = sql.SQL(
-    "(SELECT CASE WHEN rolsuper THEN 10::oid ELSE oid END FROM pg_roles WHERE rolname = current_user)"
+    "(SELECT CASE WHEN rolsuper AND current_setting('server_version_num')::int >= 160000 "
+    "THEN 10::oid ELSE oid END FROM pg_roles WHERE rolname = current_user)"
 )
 
 # Every role the target contains, directly or not: a member can reach all of them.
@@ -469,6 +473,46 @@ class PostgresActivities:
             # through another role. Reported, not touched.
             return f"{inp.db_user!r} still has {inp.role!r} through a grant made outside rolecall"
         return ""
+
+    @activity.defn(name="list_memberships")
+    async def list_memberships(self, inp: ReconcileInput) -> MembershipList:
+        """Direct memberships of the instance's requestable roles, split by who granted them.
+
+        Rolecall's own grants are recognised by their grantor (see _OUR_GRANTOR): a dedicated
+        admin login (`rolecall setup-sql`) keeps them apart from grants made by hand. A grant
+        WITH ADMIN OPTION is delegated administration, which rolecall never grants.
+        """
+        try:
+            inst = self._instance(inp.instance)
+            async with self._connect(inst) as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        """SELECT r.rolname, u.rolname, g.rolname,
+                                  m.grantor = {} AND NOT m.admin_option AS ours, current_user
+                           FROM pg_auth_members m
+                           JOIN pg_roles r ON r.oid = m.roleid
+                           JOIN pg_roles u ON u.oid = m.member
+                           LEFT JOIN pg_roles g ON g.oid = m.grantor
+                           ORDER BY 1, 2"""
+                    ).format(_OUR_GRANTOR)
+                )
+                rows = await cur.fetchall()
+        except RolecallError as e:
+            raise e.to_application_error() from e
+        result = MembershipList(
+            ours=[],
+            foreign=[],
+            admin_login="",
+            terminate_sessions=inst.terminate_sessions,
+            channel=inst.slack_channel,
+        )
+        for role, member, grantor, ours, admin in rows:
+            result.admin_login = str(admin)
+            if not inst.is_requestable(str(role)) or str(member) == str(admin):
+                continue
+            m = Membership(role=str(role), member=str(member), grantor=str(grantor or "?"))
+            (result.ours if ours else result.foreign).append(m)
+        return result
 
     def _instance(self, name: str) -> Instance:
         return self._config.get().instance(name)

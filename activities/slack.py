@@ -23,7 +23,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities.notify import describe
 from rolecall import slack_blocks as kit
-from rolecall.models import ApproverGroups, Approvers, MessageRef, Notification, NotifyResult, RequestStatus
+from rolecall.models import (
+    ApproverGroups,
+    Approvers,
+    MessageRef,
+    Notification,
+    NotifyResult,
+    ReconcileReport,
+    RequestStatus,
+)
 
 log = logging.getLogger("rolecall.slack")
 
@@ -110,6 +118,14 @@ class SlackNotifier:
         resp = await self._client.chat_postMessage(channel=channel, text=text, blocks=blocks)
         refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
         _record_refs(refs)
+
+    async def report(self, report: ReconcileReport) -> None:
+        """The reconciler's findings, posted to the instance's approvers' channel."""
+        if not report.channel:
+            log.warning("%s (no slack_channel configured for %s)", report.summary(), report.instance)
+            return
+        text, blocks = kit.reconcile_message(report)
+        await self._client.chat_postMessage(channel=report.channel, text=text, blocks=blocks)
 
     async def _dm_channel(self, s: RequestStatus) -> str:
         user = s.slack_user_id

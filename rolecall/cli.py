@@ -11,8 +11,11 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
+
+from temporalio.client import Client
 
 from rolecall import operations
 from rolecall.config import Settings
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--login", default="rolecall_admin", help="name of the login to create")
     sq.add_argument("--server-version", type=int, help="major version (e.g. 15, 16): don't connect")
     sq.add_argument("--role", action="append", default=[], help="with --server-version: a role")
+
+    rc = sub.add_parser("reconcile", help="revoke grants no open request stands behind")
+    rc.add_argument("--instance", help="only this instance")
+    rc.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
     dr = sub.add_parser("doctor", help="check rolecall can grant, revoke and end sessions")
     dr.add_argument("--instance", help="only this instance")
@@ -171,6 +178,8 @@ async def _run(args: argparse.Namespace) -> int:
         await operations.decide(client, args.id, args.command, decision)
         print(f"{args.command} sent for {args.id}")
         return 0
+    if args.command == "reconcile":
+        return await _reconcile(client, args, settings)
     if args.command == "status":
         status = await operations.get_status(client, args.id)
         if args.json:
@@ -190,6 +199,27 @@ async def _run(args: argparse.Namespace) -> int:
                 )
         return 0
     raise BadRequest(f"unknown command {args.command!r}")
+
+
+async def _reconcile(client: Client, args: argparse.Namespace, settings: Settings) -> int:
+    """Run the reconcile workflow now, on the worker, and print what it found and did."""
+    from rolecall.config import load
+    from rolecall.models import ReconcileInput
+    from workflows.reconcile import ReconcileWorkflow
+
+    config = load(settings.config)
+    names = [config.instance(args.instance).name] if args.instance else sorted(config.instances)
+    failed = False
+    for name in names:
+        report = await client.execute_workflow(
+            ReconcileWorkflow.run,
+            ReconcileInput(instance=name, dry_run=args.dry_run),
+            id=f"reconcile/{name}/manual-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+        )
+        print(report.summary())
+        failed = failed or bool(report.errors)
+    return 1 if failed else 0
 
 
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:

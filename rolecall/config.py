@@ -170,10 +170,25 @@ class Slack(_Strict):
     port: int = Field(default=3000, ge=1, le=65535)
 
 
+class Reconcile(_Strict):
+    """The schedule that revokes memberships rolecall granted but no open request explains."""
+
+    enabled: bool = True
+    interval: Duration = timedelta(minutes=5)
+
+    @field_validator("interval")
+    @classmethod
+    def _min_interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=30):
+            raise ValueError("must be at least 30s")
+        return value
+
+
 class Config(_Strict):
     instances: dict[str, Instance] = Field(min_length=1)
     pagerduty: PagerDuty = PagerDuty()
     slack: Slack = Slack()
+    reconcile: Reconcile = Reconcile()
     path: str = ""
 
     @field_validator("instances", mode="before")

@@ -222,3 +222,53 @@ class Notification(Model):
 
 class NotifyResult(Model):
     messages: dict[str, MessageRef] = {}
+
+
+class ReconcileInput(Model):
+    instance: str
+    dry_run: bool = False
+
+
+class Membership(Model):
+    role: str
+    member: str
+    grantor: str
+
+
+class OpenGrants(Model):
+    """(role, login) pairs that an open request stands behind."""
+
+    pairs: list[tuple[str, str]]
+
+
+class MembershipList(Model):
+    ours: list[Membership]  # granted by rolecall's admin login
+    foreign: list[Membership]  # granted by someone else: reported, never touched
+    admin_login: str
+    terminate_sessions: bool = True
+    channel: str | None = None
+
+
+class ReconcileReport(Model):
+    instance: str
+    dry_run: bool
+    channel: str | None = None
+    orphans: list[Membership] = []
+    revoked: list[Membership] = []
+    foreign: list[Membership] = []
+    errors: list[str] = []
+
+    def summary(self) -> str:
+        verb = "would revoke" if self.dry_run else "revoked"
+        lines = [
+            f"reconcile {self.instance}: {len(self.orphans)} orphaned grant(s), "
+            f"{len(self.foreign)} granted outside rolecall"
+        ]
+        done = self.orphans if self.dry_run else self.revoked
+        lines += [f"  {verb}: {m.role} from {m.member} (granted by {m.grantor})" for m in done]
+        lines += [
+            f"  outside rolecall (left alone): {m.role} held by {m.member}, granted by {m.grantor}"
+            for m in self.foreign
+        ]
+        lines += [f"  error: {e}" for e in self.errors]
+        return "\n".join(lines)

@@ -11,7 +11,7 @@ from typing import Any
 
 from rolecall.config import Instance
 from rolecall.durations import format_duration
-from rolecall.models import RequestState, RequestStatus
+from rolecall.models import ReconcileReport, RequestState, RequestStatus
 from rolecall.policy import label
 
 Block = dict[str, Any]
@@ -532,3 +532,21 @@ def home_view(
                 }
             )
     return {"type": "home", "blocks": blocks[:100]}
+
+
+def reconcile_message(report: ReconcileReport) -> tuple[str, list[Block]]:
+    """What the reconciler revoked (or would), and what it found granted outside rolecall."""
+    verb = "Would revoke" if report.dry_run else "Revoked"
+    done = report.orphans if report.dry_run else report.revoked
+    text = f"rolecall reconcile on {report.instance}: {len(done)} orphaned grant(s)"
+    lines = [f":broom: *Reconcile* on `{escape(report.instance)}`"]
+    lines += [
+        f"• {verb} `{escape(m.role)}` from `{escape(m.member)}`: no open request stands behind it"
+        for m in done[:20]
+    ]
+    lines += [f"• :warning: {escape(e)}" for e in report.errors[:10]]
+    blocks: list[Block] = [section("\n".join(lines))]
+    if report.foreign:
+        held = ", ".join(f"`{escape(m.role)}` → `{escape(m.member)}`" for m in report.foreign[:10])
+        blocks.append(context(f"Granted outside rolecall (left alone): {held}"))
+    return text, blocks

@@ -18,6 +18,8 @@ from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from activities.temporal import TemporalActivities
 from rolecall.config import ConfigStore, Settings
+from rolecall.logs import setup_logging
+from rolecall.metrics import MetricsInterceptor, prometheus_runtime, report_open_grants
 from rolecall.schedules import ensure_reconcile_schedules
 from rolecall.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
@@ -50,6 +52,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
+        interceptors=[MetricsInterceptor()],
         workflows=[AccessRequestWorkflow, ReconcileWorkflow],
         activities=[
             postgres.check_request,
@@ -70,7 +73,9 @@ async def run(settings: Settings | None = None) -> None:
     """Run until SIGINT/SIGTERM, then finish in-flight activities and stop."""
     settings = settings or Settings()
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
-    client = await connect(settings)
+    # Metrics: the SDK's and rolecall's, from every client and worker built on this runtime.
+    runtime = prometheus_runtime(settings.metrics_bind) if settings.metrics_bind else None
+    client = await connect(settings, runtime=runtime)
     slack_client = None
     if os.environ.get("SLACK_BOT_TOKEN"):
         from activities.slack import web_client
@@ -83,9 +88,17 @@ async def run(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with worker, asyncio.TaskGroup() as background:
+        if runtime is not None:
+            log.info("metrics on http://%s/metrics", settings.metrics_bind)
+            reporter = background.create_task(
+                report_open_grants(
+                    client, runtime.metric_meter, settings.task_queue, lambda: config.get().instances
+                )
+            )
         log.info(
-            "worker ready: task queue %r on %s (namespace %s), instances: %s",
+            "worker %s ready: task queue %r on %s (namespace %s), instances: %s",
+            client.identity,
             settings.task_queue,
             settings.temporal_address,
             settings.temporal_namespace,
@@ -93,8 +106,10 @@ async def run(settings: Settings | None = None) -> None:
         )
         await stop.wait()
         log.info("worker stopping")
+        if runtime is not None:
+            reporter.cancel()
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     asyncio.run(run())

@@ -21,6 +21,7 @@ from rolecall import operations
 from rolecall.config import Settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import BadRequest, RolecallError
+from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestStatus
 from rolecall.temporal import connect
 
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
 
     sub.add_parser("worker", help="run the Temporal worker")
+
+    au = sub.add_parser("audit", help="export every request started in a time window (CSV or JSON lines)")
+    au.add_argument("--since", required=True, help="start of the window: 2026-01-01 or an ISO time (UTC)")
+    au.add_argument("--until", help="end of the window (exclusive; default: now)")
+    au.add_argument("--format", choices=["csv", "jsonl"], default="csv")
 
     sq = sub.add_parser("setup-sql", help="print the SQL that creates rolecall's least-privilege login")
     sq.add_argument("--instance", required=True)
@@ -187,6 +193,12 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             _print_status(status)
         return 0
+    if args.command == "audit":
+        from rolecall import audit
+
+        since, until = audit.parse_window(args.since, args.until)
+        await audit.export(client, since, until, args.format, sys.stdout)
+        return 0
     if args.command == "list":
         rows = await operations.list_requests(client, args.state, args.requester)
         if args.json:
@@ -250,11 +262,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(stream=sys.stderr)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:

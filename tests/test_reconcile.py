@@ -82,3 +82,28 @@ async def test_reconcile_reports_to_the_log_when_it_revokes(make_stack, roles: R
         r = await stack.cli("reconcile")
     assert r.code == 0, r.err
     assert any(f"revoked: {role} from {orphan}" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_reconcile_report_reaches_the_approvers_channel(make_stack, roles: Roles, pg) -> None:
+    """Through the real SlackNotifier and a fake Slack that validates the Block Kit."""
+    from tests.fake_slack import FakeSlack, text_of, web_client_for
+
+    role, orphan, by_hand = roles.role(), roles.login("orphan"), roles.login("hand")
+    other_admin = roles.role("otheradmin")
+    pg.execute(
+        sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(sql.Identifier(role), sql.Identifier(other_admin))
+    )
+    with FakeSlack() as fake:
+        stack = await make_stack([role], slack_channel="CDBA", slack_client=web_client_for(fake))
+        _grant(pg, role, orphan)
+        _grant(pg, role, by_hand, as_role=other_admin)
+        r = await stack.cli("reconcile")
+        assert r.code == 0, r.err
+        await eventually(lambda: bool(fake.channel_messages("CDBA")), 10, "the reconcile report")
+        [message] = fake.channel_messages("CDBA")
+        assert f"Revoked `{role}` from `{orphan}`" in text_of(message)
+        [context] = [b for b in message["blocks"] if b["type"] == "context"]
+        assert context["elements"][0]["text"] == (
+            f"Granted outside rolecall (left alone): `{role}` → `{by_hand}`"
+        )
+        assert all(c.status == 200 for c in fake.calls_to("chat.postMessage"))

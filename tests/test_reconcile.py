@@ -104,6 +104,7 @@ async def test_reconcile_report_reaches_the_approvers_channel(make_stack, roles:
         assert f"Revoked `{role}` from `{orphan}`" in text_of(message)
         [context] = [b for b in message["blocks"] if b["type"] == "context"]
         assert context["elements"][0]["text"] == (
-            f"Granted outside rolecall (left alone): `{role}` → `{by_hand}`"
+            "Granted outside rolecall (left alone): "
+            f"`{role}` → `{by_hand}`, `{role}` → `{other_admin}`"  # the delegated admin too
         )
         assert all(c.status == 200 for c in fake.calls_to("chat.postMessage"))

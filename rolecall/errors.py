@@ -67,34 +67,19 @@ class RevokeNotVerified(RolecallError):
     retryable = True
 
 
-# Every non-retryable type an activity may raise; listed in retry policies as well.
-NON_RETRYABLE = [
-    cls.__name__
-    for cls in (
-        BadRequest,
-        NotFound,
-        NotAllowed,
-        DangerousRole,
-        AlreadyRequested,
-        AlreadyMember,
-        ConfigError,
-        GrantFailed,
-    )
-]
-
-BY_NAME: dict[str, type[RolecallError]] = {
-    cls.__name__: cls
-    for cls in (
-        RolecallError,
-        BadRequest,
-        NotFound,
-        NotAllowed,
-        DangerousRole,
-        AlreadyRequested,
-        AlreadyMember,
-        ConfigError,
-        GrantFailed,
-        InstanceUnavailable,
-        RevokeNotVerified,
-    )
-}
+_ALL: tuple[type[RolecallError], ...] = (
+    RolecallError,
+    BadRequest,
+    NotFound,
+    NotAllowed,
+    DangerousRole,
+    AlreadyRequested,
+    AlreadyMember,
+    ConfigError,
+    GrantFailed,
+    InstanceUnavailable,
+    RevokeNotVerified,
+)
+BY_NAME: dict[str, type[RolecallError]] = {cls.__name__: cls for cls in _ALL}
+# Listed in retry policies too, so a refusal runs exactly once whoever raised it.
+NON_RETRYABLE = [cls.__name__ for cls in _ALL if not cls.retryable]

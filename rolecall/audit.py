@@ -122,6 +122,9 @@ async def record(client: Client, wf: WorkflowExecution) -> dict[str, Any]:
     row = _from_status(status) if status else await _from_history(client, wf)
     row["workflow_status"] = wf.status.name.lower() if wf.status else ""
     row["closed_at"] = _iso(wf.close_time)
+    signals = row.pop("signals", [])
+    if signals:  # received, but whether they were accepted only the workflow could say
+        note += "; signals received: " + "; ".join(signals)
     row["note"] = note
     return row
 
@@ -171,7 +174,7 @@ async def _from_history(client: Client, wf: WorkflowExecution) -> dict[str, Any]
     """The request as submitted and the signals received; the state from visibility."""
     converter = pydantic_data_converter.payload_converter
     req: AccessRequest | None = None
-    signals: list[dict[str, Any]] = []
+    signals: list[str] = []
     async for event in client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
             payloads = event.workflow_execution_started_event_attributes.input.payloads
@@ -179,22 +182,17 @@ async def _from_history(client: Client, wf: WorkflowExecution) -> dict[str, Any]
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             attrs = event.workflow_execution_signaled_event_attributes
             d = converter.from_payloads(attrs.input.payloads, [Decision])[0] if attrs.input.payloads else None
-            signals.append(
-                {
-                    "signal": attrs.signal_name,
-                    "actor": d.actor if d else "",
-                    "at": _iso(event.event_time.ToDatetime(tzinfo=UTC)),
-                    "why": "received (not evaluated: the workflow did not answer)",
-                }
-            )
+            at = _iso(event.event_time.ToDatetime(tzinfo=UTC))
+            signals.append(f"{attrs.signal_name} by {d.actor if d else '?'} at {at}")
     row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
     row.update(
         id=wf.id,
         requested_at=_iso(wf.start_time),
         state=wf.typed_search_attributes.get(STATE) or "",
         auto_approved="",
-        refused=signals,
+        refused=[],
         warnings=[],
+        signals=signals,
     )
     if req is not None:
         row.update(

@@ -1,0 +1,163 @@
+"""What every fault test needs: a proxy that can hold one SQL statement, worker processes,
+and the invariant each test ends with.
+
+The invariant: every membership rolecall granted is gone no later than expiry plus the
+test's bound, and the request reached a final state whose notification to the requester
+was delivered (its `notify` activity completed, read from the Temporal history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from rolecall.models import RequestState, RequestStatus
+from rolecall.operations import handle
+from tests.conftest import REPO, Postgres
+from tests.tcp_proxy import PostgresProxy
+
+# The notification that tells the requester how their request ended, per final state.
+FINAL_EVENT = {
+    RequestState.EXPIRED: "expired",
+    RequestState.RELINQUISHED: "relinquished",
+    RequestState.FAILED: "failed",
+    RequestState.DENIED: "denied",
+    RequestState.CANCELLED: "cancelled",
+    RequestState.TIMED_OUT: "timed_out",
+    RequestState.REJECTED: "rejected",
+}
+
+
+@dataclass
+class _Held:
+    data: bytes
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    forward: bool = True
+
+
+class HoldingProxy(PostgresProxy):
+    """A PostgresProxy that can hold back any client message containing a pattern.
+
+    `hold(b'GRANT "')` makes the next GRANT wait inside the proxy (the activity is then
+    stuck in its statement, as with a slow or hung database); `release(forward=...)` sends
+    it on, even if the client that wrote it is dead by then, or drops it and the connection.
+    """
+
+    def __init__(self, target_dsn: str) -> None:
+        super().__init__(target_dsn)
+        self.pattern: bytes | None = None
+        self.held: list[_Held] = []
+
+    def hold(self, pattern: bytes) -> None:
+        self.pattern = pattern
+
+    def release(self, forward: bool = True) -> None:
+        self.pattern = None
+        for h in self.held:
+            h.forward = forward
+            h.release.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._unix:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    if upstream and self.pattern is not None and self.pattern in data:
+                        held = _Held(data)
+                        self.held.append(held)
+                        await held.release.wait()
+                        if not held.forward:
+                            break
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        self._writers -= {writer, up_writer}
+
+
+def worker_process(config: Path, address: str, task_queue: str) -> subprocess.Popen[bytes]:
+    """A real `rolecall worker` process (logging notifications, no Slack)."""
+    env = dict(os.environ)
+    env.pop("SLACK_BOT_TOKEN", None)
+    env.update(
+        ROLECALL_CONFIG=str(config),
+        ROLECALL_TEMPORAL_ADDRESS=address,
+        ROLECALL_TASK_QUEUE=task_queue,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "rolecall.cli", "worker"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+async def delivered_notifications(client: Client, rid: str) -> list[str]:
+    """Events whose `notify` activity completed: the person was really told (in order)."""
+    scheduled: dict[int, str] = {}
+    done: list[str] = []
+    async for e in handle(client, rid).fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = e.activity_task_scheduled_event_attributes
+            if attrs.activity_type.name == "notify":
+                scheduled[e.event_id] = json.loads(attrs.input.payloads[0].data)["event"]
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            sid = e.activity_task_completed_event_attributes.scheduled_event_id
+            if sid in scheduled:
+                done.append(scheduled[sid])
+    return done
+
+
+async def activities_scheduled(client: Client, rid: str) -> list[str]:
+    names = []
+    async for e in handle(client, rid).fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+    return names
+
+
+async def assert_no_grant_left_behind(
+    client: Client,
+    pg: Postgres,
+    status: RequestStatus,
+    login: str,
+    role: str,
+    bound: timedelta,
+) -> None:
+    """The invariant every fault test ends with (see the module docstring)."""
+    assert status.state.is_final, f"{status.id} is {status.state.value}, not final"
+    assert not pg.is_member(login, role), f"{login} still holds {role} after {status.id} ended"
+    if status.granted_at is not None:
+        assert status.expires_at is not None and status.revoked_at is not None
+        late = status.revoked_at - status.expires_at
+        assert late <= bound, f"revoked {late} after expiry, bound {bound}"
+    told = await delivered_notifications(client, status.id)
+    assert FINAL_EVENT[status.state] in told, f"requester never told of {status.state.value}: {told}"

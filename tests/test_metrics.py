@@ -73,7 +73,11 @@ async def test_metrics_after_requests(make_stack, roles: Roles, pg, tmp_path: Pa
         s = parse_prometheus(text)
         # the SDK's own worker metrics share the endpoint
         assert value(s, "temporal_workflow_completed", **q) >= 3, text
-        assert any(n.startswith("temporal_activity_execution_latency") for n, _ in s), text
+        for sdk in (
+            "temporal_activity_execution_latency",
+            "temporal_workflow_task_schedule_to_start_latency",
+        ):
+            assert any(n.startswith(sdk) for n, _ in s), (sdk, text)
 
         pg_q = {"instance": "pg", **q}
         assert value(s, REQUESTS, outcome="expired", auto_approved="false", **pg_q) == 1

@@ -9,12 +9,15 @@ answers 500, 429 or hangs, one mode per request, three requests at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+
+from temporalio.client import WorkflowExecutionStatus
 
 from rolecall.models import RequestState
 from tests.conftest import Roles, eventually
 from tests.fake_pagerduty import FakePagerDuty
-from tests.fake_slack import ALICE, text_of, world_context
+from tests.fake_slack import ALICE, World, text_of, world_context
 from tests.faults.support import assert_no_grant_left_behind
 
 PD_TOKEN_ENV = "ROLECALL_TEST_FAULTS_PD_TOKEN"
@@ -42,15 +45,14 @@ async def test_slack_and_pagerduty_failing_throughout(make_stack, roles: Roles, 
                 w.fake.fail(method, 429, times=2, retry_after=1)
                 w.fake.fail(method, 500, times=10_000)
             rids = []
-            for role, fault in zip([w.role, *extra_roles], [500, 429, "hang"], strict=True):
-                if fault == "hang":
-                    pd.hang()
-                else:
+            faults: list[int | str] = [500, 429, "hang"]
+            for role, fault in zip([w.role, *extra_roles], faults, strict=True):
+                if isinstance(fault, int):
                     pd.fail_with(fault)
+                else:
+                    pd.hang()
                 rid = await w.stack.request(w.login, role, "4s")
-                await eventually(
-                    lambda rid=rid: _oncall_detail(w, rid), 15, f"the on-call check of {rid} to fail"
-                )
+                await eventually(_oncall_failed(w, rid), 15, f"the on-call check of {rid} to fail")
                 rids.append(rid)
             for rid in rids:
                 status = await w.stack.status(rid)
@@ -77,19 +79,23 @@ async def test_slack_and_pagerduty_failing_throughout(make_stack, roles: Roles, 
             )
             for rid, role in zip(rids, [w.role, *extra_roles], strict=True):
                 final = await w.stack.wait_state(rid, RequestState.EXPIRED)
-                await eventually(lambda rid=rid: _closed(w, rid), 30, f"{rid} to close")
+                await eventually(_closed(w, rid), 30, f"{rid} to close")
                 final = await w.stack.status(rid)
                 await assert_no_grant_left_behind(
                     w.stack.client, pg, final, w.login, role, timedelta(seconds=5)
                 )
 
 
-async def _oncall_detail(w, rid: str) -> bool:
-    return "could not be done" in (await w.stack.status(rid)).on_call_detail
+def _oncall_failed(w: World, rid: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return "could not be done" in (await w.stack.status(rid)).on_call_detail
+
+    return check
 
 
-async def _closed(w, rid: str) -> bool:
-    from temporalio.client import WorkflowExecutionStatus
+def _closed(w: World, rid: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        desc = await w.stack.client.get_workflow_handle(rid).describe()
+        return desc.status == WorkflowExecutionStatus.COMPLETED
 
-    desc = await w.stack.client.get_workflow_handle(rid).describe()
-    return desc.status == WorkflowExecutionStatus.COMPLETED
+    return check

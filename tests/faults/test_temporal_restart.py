@@ -80,7 +80,7 @@ async def test_dev_server_killed_and_restarted_on_its_sqlite_file(
     """Server down for 6 s, across the expiry of the granted request.
 
     Bound: revoked no later than expiry + 6 s (outage) + 15 s (the worker reconnects and
-    polls again, plus the 5 s sticky-queue timeout). Measured: about 10 s after expiry.
+    polls again, plus the 5 s sticky-queue timeout). Measured: about 1 s after the server is back.
     The pending request survives and is approved, granted and relinquished afterwards.
     """
     server = DevServer(tmp_path / "temporal.sqlite")

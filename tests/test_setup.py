@@ -58,8 +58,10 @@ async def test_setup_registers_once_then_changes_nothing(bare_env: WorkflowEnvir
     added = await register_search_attributes(client, client.namespace)
     assert added == NAMES
     after = await _custom(client)
-    for name in NAMES:
-        assert after.get(name) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD, name
+    for key in SEARCH_ATTRIBUTES:  # four Keyword, RolecallAutoApproved Bool
+        assert after.get(key.name) == int(key.indexed_value_type), key.name
+    assert after["RolecallState"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+    assert after["RolecallAutoApproved"] == IndexedValueType.INDEXED_VALUE_TYPE_BOOL
 
     again = await register_search_attributes(client, client.namespace)
     assert again == []

@@ -6,6 +6,8 @@ Connection problems are retryable (Temporal retries them); refusals are typed er
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,6 +144,19 @@ _RISKY_ATTRS = [
 ]
 
 
+# PostgreSQL truncates longer names silently (NAMEDATALEN - 1; 63 unless compiled otherwise):
+# a name over it would address another role, so it is refused before it reaches SQL.
+MAX_NAME_BYTES = 63
+
+
+def check_name_length(name: str, what: str) -> None:
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise BadRequest(
+            f"{what} {name!r} is longer than PostgreSQL's {MAX_NAME_BYTES}-byte limit for names "
+            "(PostgreSQL would silently read it as another name)"
+        )
+
+
 @dataclass(frozen=True)
 class _Role:
     oid: int
@@ -249,6 +264,24 @@ async def _terminate_sessions(conn: psycopg.AsyncConnection[tuple[object, ...]],
     return pids
 
 
+@asynccontextmanager
+async def heartbeating(every: float = 2.0) -> AsyncIterator[None]:
+    """Heartbeat while the body runs, so Temporal notices a dead worker within the timeout."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class PostgresActivities:
     """Activities that touch the target databases; one connection per call, closed after."""
 
@@ -302,6 +335,8 @@ class PostgresActivities:
                 f"(requestable: {', '.join(inst.roles)})"
             )
         db_user = inst.login_for(req.requester)
+        check_name_length(req.role, "role")
+        check_name_length(db_user, "database login")
         async with self._connect(inst) as conn:
             if not await self._exists(conn, req.role):
                 raise NotFound(f"role {req.role!r} does not exist on instance {inst.name!r}")
@@ -345,7 +380,13 @@ class PostgresActivities:
     @activity.defn(name="prepare_grant")
     async def prepare_grant(self, inp: GrantInput) -> PrepareResult:
         """Decide once, before any grant attempt, whether the membership already exists."""
+        async with heartbeating():
+            return await self._prepare(inp)
+
+    async def _prepare(self, inp: GrantInput) -> PrepareResult:
         try:
+            check_name_length(inp.role, "role")
+            check_name_length(inp.db_user, "database login")
             inst = self._instance(inp.instance)
             async with self._connect(inst) as conn:
                 cur = await conn.execute(
@@ -363,7 +404,13 @@ class PostgresActivities:
     @activity.defn(name="grant_role")
     async def grant_role(self, inp: GrantInput) -> GrantResult:
         """GRANT, idempotently; on 16+ without SET so `SET ROLE` cannot outlive the revoke."""
+        async with heartbeating():
+            return await self._grant(inp)
+
+    async def _grant(self, inp: GrantInput) -> GrantResult:
         try:
+            check_name_length(inp.role, "role")
+            check_name_length(inp.db_user, "database login")
             inst = self._instance(inp.instance)
             async with self._connect(inst) as conn:
                 stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
@@ -405,7 +452,8 @@ class PostgresActivities:
         gone, and alerts the approvers when it takes too many attempts.
         """
         try:
-            return await self._revoke(inp)
+            async with heartbeating():
+                return await self._revoke(inp)
         except RolecallError as e:
             raise ApplicationError(str(e), type=type(e).__name__, non_retryable=False) from e
         except psycopg.Error as e:
@@ -416,6 +464,9 @@ class PostgresActivities:
             ) from e
 
     async def _revoke(self, inp: RevokeInput) -> RevokeResult:
+        if len(inp.role.encode()) > MAX_NAME_BYTES or len(inp.db_user.encode()) > MAX_NAME_BYTES:
+            # Never granted (the check refuses such names); REVOKE would hit the truncated twin.
+            return RevokeResult(revoked=True, note="name over PostgreSQL's limit: nothing was granted")
         inst = self._instance(inp.instance)
         if inp.pre_existing:
             return RevokeResult(revoked=False, note="membership predates the request; left in place")

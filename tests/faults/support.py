@@ -9,7 +9,6 @@ was delivered (its `notify` activity completed, read from the Temporal history).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -68,32 +67,13 @@ class HoldingProxy(PostgresProxy):
             h.forward = forward
             h.release.set()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if self._unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    if upstream and self.pattern is not None and self.pattern in data:
-                        held = _Held(data)
-                        self.held.append(held)
-                        await held.release.wait()
-                        if not held.forward:
-                            break
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-        self._writers -= {writer, up_writer}
+    async def forward(self, data: bytes, upstream: bool) -> bool:
+        if upstream and self.pattern is not None and self.pattern in data:
+            held = _Held(data)
+            self.held.append(held)
+            await held.release.wait()
+            return held.forward
+        return True
 
 
 def worker_process(config: Path, address: str, task_queue: str) -> subprocess.Popen[bytes]:

@@ -470,7 +470,8 @@ async def serve(settings: Settings) -> None:
     port = config.get().slack.port
     runner = web.AppRunner(app.web_app(path="/slack/events", port=port))
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()  # Slack must reach it
+    # Slack must reach it: all interfaces unless SLACK_BIND_HOST narrows it (e.g. behind a proxy).
+    await web.TCPSite(runner, os.environ.get("SLACK_BIND_HOST", "0.0.0.0"), port).start()
     log.info("Slack app listening on :%d/slack/events", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

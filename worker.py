@@ -80,7 +80,9 @@ async def run(settings: Settings | None = None) -> None:
     if os.environ.get("SLACK_BOT_TOKEN"):
         from activities.slack import web_client
 
-        slack_client = web_client(os.environ["SLACK_BOT_TOKEN"])
+        slack_client = web_client(
+            os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None
+        )
         log.info("notifications go to Slack")
     worker = build_worker(client, config, settings.task_queue, slack_client=slack_client)
     await ensure_reconcile_schedules(client, config.get(), settings.task_queue)

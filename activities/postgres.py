@@ -269,9 +269,9 @@ async def heartbeating(every: float = 2.0) -> AsyncIterator[None]:
     """Heartbeat while the body runs, so Temporal notices a dead worker within the timeout."""
 
     async def beat() -> None:
-        while True:
-            activity.heartbeat()
+        while True:  # sleep first: a call that ends within `every` costs no server write
             await asyncio.sleep(every)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:
@@ -374,6 +374,7 @@ class PostgresActivities:
                 terminate_sessions=inst.terminate_sessions,
                 revoke_alert_after=inst.revoke_alert_after,
                 auto_approve_max=config.pagerduty.auto_approve_max,
+                pagerduty_enabled=config.pagerduty.enabled,
             ),
         )
 

@@ -56,6 +56,7 @@ class SlackNotifier:
 
     def __init__(self, client: AsyncWebClient) -> None:
         self._client = client
+        self._dm: dict[str, str] = {}  # user ID -> DM channel ID: stable, so opened once
 
     async def send(self, note: Notification) -> NotifyResult:
         refs = dict(note.messages)
@@ -132,8 +133,10 @@ class SlackNotifier:
         if not user:
             found = await self._client.users_lookupByEmail(email=s.requester)
             user = str(found["user"]["id"])
-        resp = await self._client.conversations_open(users=user)
-        return str(resp["channel"]["id"])
+        if user not in self._dm:
+            resp = await self._client.conversations_open(users=user)
+            self._dm[user] = str(resp["channel"]["id"])
+        return self._dm[user]
 
 
 def _recorded_refs() -> dict[str, MessageRef]:

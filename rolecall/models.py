@@ -74,6 +74,7 @@ class Policy(Model):
     terminate_sessions: bool = True
     revoke_alert_after: int = 5
     auto_approve_max: timedelta = timedelta(hours=1)
+    pagerduty_enabled: bool = True  # histories from before this field ran the check
 
 
 class CheckResult(Model):

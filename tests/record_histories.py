@@ -3,7 +3,9 @@
     .venv/bin/python -m tests.record_histories
 
 Each scenario runs against a real dev server and PostgreSQL (ROLECALL_TEST_DSN or pgserver)
-and its history is written to tests/histories/<version>-<scenario>.json.
+and its history is written to tests/histories/<VERSION>-<scenario>.json. Bump VERSION with
+every change to the workflow's commands (each one guarded by workflow.patched), and keep the
+older files: the replay test proves requests started on every earlier version still finish.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rolecall.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import temporal_binary
 from worker import build_worker
 
-VERSION = "v1"
+VERSION = "v2"  # v2: patches skip-disabled-oncall, approval-told-with-grant
 OUT = Path(__file__).parent / "histories"
 
 

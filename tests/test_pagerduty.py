@@ -66,6 +66,14 @@ async def oncall_result(stack: Stack, rid: str, timeout: float = 15) -> OnCallRe
     return found[0]
 
 
+async def _notified(stack: Stack, rid: str) -> bool:
+    async for ev in stack.client.get_workflow_handle(rid).fetch_history_events():
+        attrs = ev.activity_task_scheduled_event_attributes
+        if ev.HasField("activity_task_scheduled_event_attributes") and attrs.activity_type.name == "notify":
+            return True
+    return False
+
+
 async def approve_by_human(stack: Stack, rid: str, login: str, role: str) -> None:
     """The human path still works: approve, granted, relinquish, gone."""
     r = await stack.cli("approve", rid, "--as", "dba@example.com")
@@ -216,9 +224,16 @@ async def test_disabled_makes_no_call_at_all(make_stack, roles: Roles, fake_pd: 
     stack = await make_stack([role], sections=pagerduty(fake_pd, enabled=False))
 
     rid = await stack.request(login, role, "1h")
-    assert await oncall_result(stack, rid) == OnCallResult(on_call=False, checked=False, detail="")
-    status = await stack.status(rid)
-    assert status.state == RequestState.PENDING and status.on_call_detail == ""
+    status = await stack.wait_state(rid, RequestState.PENDING)
+    await eventually(lambda: _notified(stack, rid), 15, "the approvers to be asked")
+    assert status.on_call_detail == ""
+    # Disabled: the on-call activity is not even scheduled, and PagerDuty hears nothing.
+    scheduled = [
+        ev.activity_task_scheduled_event_attributes.activity_type.name
+        async for ev in stack.client.get_workflow_handle(rid).fetch_history_events()
+        if ev.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert "check_oncall" not in scheduled and "notify" in scheduled
     assert fake_pd.requests == []
     await stack.cli("cancel", rid, "--as", f"{login}@example.com")
     await stack.wait_state(rid, RequestState.CANCELLED)

@@ -125,7 +125,7 @@ class AccessRequestWorkflow:
         s.allow_self_approval = policy.allow_self_approval
         self._checked = True
 
-        oncall = await self._check_oncall()
+        oncall = await self._check_oncall(policy)
         s.on_call_detail = oncall.detail
         if oncall.on_call:
             s.auto_approved = True
@@ -160,7 +160,10 @@ class AccessRequestWorkflow:
             return await self._finish(RequestState.CANCELLED, "cancelled")
         if not s.auto_approved:
             self._set_state(RequestState.APPROVED, f"approved by {s.decided_by}, granting")
-        self._notify("approved")
+        if s.auto_approved or not workflow.patched("approval-told-with-grant"):
+            # A person's approval is told with the grant (or its failure) a moment later;
+            # an auto-approval is the approvers' first news of the request, so it is told now.
+            self._notify("approved")
         return await self._grant_then_revoke(policy)
 
     async def _grant_then_revoke(self, policy: Policy) -> RequestStatus:
@@ -282,7 +285,10 @@ class AccessRequestWorkflow:
             return policy.approvers
         return sorted({*policy.approvers, *(e.lower() for e in found.emails)})
 
-    async def _check_oncall(self) -> OnCallResult:
+    async def _check_oncall(self, policy: Policy) -> OnCallResult:
+        # With auto-approval off, asking an activity costs a round trip and three events.
+        if workflow.patched("skip-disabled-oncall") and not policy.pagerduty_enabled:
+            return OnCallResult(on_call=False, checked=False)
         try:
             return await workflow.execute_activity_method(
                 PagerDutyActivities.check_oncall,

@@ -458,12 +458,24 @@ async def serve(settings: Settings) -> None:
     except RuntimeError as e:
         raise ConfigError(f"cannot reach Temporal at {settings.temporal_address}: {e}") from e
     app = build_app(config, client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     app_token = os.environ.get("SLACK_APP_TOKEN")
     if app_token:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
         log.info("Slack app connecting in Socket Mode")
-        await AsyncSocketModeHandler(app, app_token).start_async()  # type: ignore[no-untyped-call]
+        handler = AsyncSocketModeHandler(app, app_token)
+        # Not start_async(): it sleeps forever, so SIGTERM (docker stop) killed the process
+        # without closing the websocket; stop like the HTTP server does.
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        try:
+            await stop.wait()
+            log.info("Slack app stopping")
+        finally:
+            await handler.close_async()  # type: ignore[no-untyped-call]
         return
     from aiohttp import web
 
@@ -473,10 +485,6 @@ async def serve(settings: Settings) -> None:
     # Slack must reach it: all interfaces unless SLACK_BIND_HOST narrows it (e.g. behind a proxy).
     await web.TCPSite(runner, os.environ.get("SLACK_BIND_HOST", "0.0.0.0"), port).start()
     log.info("Slack app listening on :%d/slack/events", port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
         log.info("Slack app stopping")

@@ -128,6 +128,8 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
         self.views: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[Fault]] = {}
+        # Socket Mode: a tests.fake_socket_mode.FakeSocketMode answers apps.connections.open.
+        self.socket_mode: Any = None
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -275,6 +277,10 @@ class FakeSlack:
                 return 429, call.response, {"Retry-After": str(fault.retry_after)}
             call.response = {"ok": False, "error": "internal_error"}
             return fault.status, call.response, {}
+        if method == "apps.connections.open" and self.socket_mode is not None:
+            # Called with the app-level (xapp-) token, not the bot token.
+            call.response = self.socket_mode.connections_open(auth)
+            return 200, call.response, {}
         if auth != f"Bearer {self.token}":
             call.response = {"ok": False, "error": "not_authed" if not auth else "invalid_auth"}
             return 200, call.response, {}
@@ -422,23 +428,27 @@ class SlackDriver:
     def command_body(self, user: str, text: str, command: str = "/p0", channel: str = "CGENERAL") -> str:
         from urllib.parse import urlencode
 
+        return urlencode(self.command_payload(user, text, command, channel))
+
+    def command_payload(
+        self, user: str, text: str, command: str = "/p0", channel: str = "CGENERAL"
+    ) -> dict[str, str]:
+        """A slash command's fields (form-encoded over HTTP, a JSON object in Socket Mode)."""
         n = next(self._n)
-        return urlencode(
-            {
-                "token": "legacy-verification-token",
-                "team_id": TEAM,
-                "team_domain": "rolecall",
-                "channel_id": channel,
-                "channel_name": "general",
-                "user_id": user,
-                "user_name": user.lower(),
-                "command": command,
-                "text": text,
-                "api_app_id": "AROLECALL",
-                "response_url": self.fake.response_url(f"cmd{n}"),
-                "trigger_id": f"trigger.{n}",
-            }
-        )
+        return {
+            "token": "legacy-verification-token",
+            "team_id": TEAM,
+            "team_domain": "rolecall",
+            "channel_id": channel,
+            "channel_name": "general",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "AROLECALL",
+            "response_url": self.fake.response_url(f"cmd{n}"),
+            "trigger_id": f"trigger.{n}",
+        }
 
     async def command(self, user: str, text: str, **kw: Any) -> Reply:
         return await self.post(self.command_body(user, text, **kw), "application/x-www-form-urlencoded")

@@ -8,6 +8,7 @@ its tokens are set. Ctrl-C stops all of it; the next start finds the earlier req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -38,15 +40,38 @@ def ensure_config() -> Path:
     return config
 
 
-def start_postgres() -> str:
+def start_postgres(config: Path) -> str:
     import pgserver
 
     server = pgserver.get_server(STATE / "pg", cleanup_mode="stop")
     dsn = str(server.get_uri())
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute((ROOT / "deploy" / "demo.sql").read_text(encoding="utf-8").encode())
+        admin_dsn = _least_privilege_login(conn, dsn, config)
     say(f"demo PostgreSQL ready: psql '{dsn.replace('postgres:@', 'alice@')}' (as alice)")
-    return dsn
+    return admin_dsn
+
+
+def _least_privilege_login(conn: psycopg.Connection[Any], dsn: str, config: Path) -> str:
+    """rolecall's demo login, made by the same SQL `rolecall setup-sql` prints for users."""
+    from psycopg.conninfo import make_conninfo
+
+    from rolecall.config import load
+    from rolecall.pgadmin import DEFAULT_LOGIN, setup_sql
+
+    demo = load(config).instances.get("demo")
+    if demo is None:
+        return dsn
+    roles = [
+        r for r in demo.roles if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [r]).fetchone()
+    ]
+    script = setup_sql(demo, roles, conn.info.server_version, DEFAULT_LOGIN)
+    for statement in script.split(";\n"):
+        body = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
+        if body:
+            with contextlib.suppress(psycopg.errors.DuplicateObject):
+                conn.execute(body.encode())
+    return make_conninfo(dsn, user=DEFAULT_LOGIN)
 
 
 def start_temporal() -> subprocess.Popen[bytes]:
@@ -74,8 +99,25 @@ def start_temporal() -> subprocess.Popen[bytes]:
             proc.terminate()
             raise SystemExit("rolecall: the Temporal dev server did not start within 30 s")
         time.sleep(0.2)
+    added = _register_search_attributes()
+    if added:
+        say(f"registered search attributes: {', '.join(added)}")
     say(f"Temporal dev server on localhost:{TEMPORAL_PORT}, UI at http://localhost:{UI_PORT}")
     return proc
+
+
+def _register_search_attributes() -> list[str]:
+    """The start-dev flags register attributes only in a new database file; an existing one
+    (from an earlier `make run`) gets attributes added since then here, as a cluster would."""
+    from rolecall.config import Settings
+    from rolecall.setup import register_search_attributes
+    from rolecall.temporal import connect
+
+    async def register() -> list[str]:
+        client = await connect(Settings(temporal_address=f"localhost:{TEMPORAL_PORT}"))
+        return await register_search_attributes(client, "default")
+
+    return asyncio.run(register())
 
 
 def _temporal_ready() -> bool:
@@ -108,7 +150,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        env["ROLECALL_DEMO_DSN"] = start_postgres()
+        env["ROLECALL_DEMO_DSN"] = start_postgres(config)
         children.append(start_temporal())
         children.append(subprocess.Popen([sys.executable, "-m", "rolecall.cli", "worker"], env=env))
         if env.get("SLACK_BOT_TOKEN"):
@@ -117,6 +159,7 @@ def main() -> int:
             say("Slack app not started: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (docs/slack.md)")
         say(
             "try it in another shell:\n"
+            f"  export ROLECALL_DEMO_DSN='{env['ROLECALL_DEMO_DSN']}'   # for doctor, setup-sql\n"
             "  .venv/bin/rolecall request --instance demo --role analytics_ro --duration 15m "
             "--reason 'look at orders' --as alice@example.com\n"
             "  .venv/bin/rolecall approve 'access/demo/analytics_ro/alice@example.com' "

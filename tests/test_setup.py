@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -21,7 +20,6 @@ from rolecall.setup import register_search_attributes
 from rolecall.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import temporal_binary
 
-REPO = Path(__file__).resolve().parent.parent
 NAMES = sorted(k.name for k in SEARCH_ATTRIBUTES)
 
 

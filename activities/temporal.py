@@ -11,7 +11,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from rolecall.config import ConfigStore
 from rolecall.models import OpenGrants, ReconcileInput, RequestStatus
-from rolecall.temporal import INSTANCE, REQUESTER, ROLE
+from rolecall.temporal import INSTANCE, REQUESTER, ROLE, quote
 
 
 class TemporalActivities:
@@ -30,8 +30,8 @@ class TemporalActivities:
         # Requests run on the reconciler's own task queue: that is this deployment's.
         query = (
             'WorkflowType = "AccessRequestWorkflow" AND ExecutionStatus = "Running" '
-            f'AND {INSTANCE.name} = "{_quote(inp.instance)}" '
-            f'AND TaskQueue = "{_quote(activity.info().task_queue)}"'
+            f'AND {INSTANCE.name} = "{quote(inp.instance)}" '
+            f'AND TaskQueue = "{quote(activity.info().task_queue)}"'
         )
         pairs: set[tuple[str, str]] = set()
         handles = []
@@ -56,7 +56,3 @@ class TemporalActivities:
         await asyncio.gather(*(status(h) for h in handles))
         activity.heartbeat()
         return OpenGrants(pairs=sorted(pairs))
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')

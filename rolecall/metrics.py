@@ -35,6 +35,7 @@ from temporalio.worker import (
 )
 
 from rolecall.models import RequestState, RequestStatus
+from rolecall.temporal import quote
 
 log = logging.getLogger("rolecall.metrics")
 
@@ -127,8 +128,8 @@ class _ActivityMetrics(ActivityInboundInterceptor):
 
 def open_grants_query(task_queue: str, instance: str) -> str:
     return (
-        f'WorkflowType = "AccessRequestWorkflow" AND TaskQueue = "{_quote(task_queue)}" '
-        f'AND RolecallInstance = "{_quote(instance)}" AND RolecallState IN ("granted", "revoking")'
+        f'WorkflowType = "AccessRequestWorkflow" AND TaskQueue = "{quote(task_queue)}" '
+        f'AND RolecallInstance = "{quote(instance)}" AND RolecallState IN ("granted", "revoking")'
     )
 
 
@@ -191,7 +192,3 @@ def _labels(text: str) -> Iterable[tuple[str, str]]:
             j += 1
         yield key, "".join(out)
         i = j + 1
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')

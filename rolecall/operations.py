@@ -35,7 +35,7 @@ from rolecall.errors import (
 )
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import SIGNALS, refusal
-from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, request_id
+from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
 from workflows.access_request import AccessRequestWorkflow
 
 
@@ -135,7 +135,7 @@ async def list_requests(
             raise BadRequest(f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})")
         clauses.append(f'{STATE.name} = "{state}"')
     if requester:
-        clauses.append(f'{REQUESTER.name} = "{_quote(requester.lower())}"')
+        clauses.append(f'{REQUESTER.name} = "{quote(requester.lower())}"')
     rows: list[dict[str, str]] = []
     async for wf in client.list_workflows(" AND ".join(clauses), limit=limit):
         sa = wf.typed_search_attributes
@@ -150,7 +150,3 @@ async def list_requests(
             }
         )
     return rows
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -35,6 +35,11 @@ _DEV_SERVER_TYPES = {
 }
 
 
+def quote(value: str) -> str:
+    """A string literal for a visibility query (`RolecallRole = "..."`), quotes escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def request_id(instance: str, role: str, requester: str) -> str:
     """The workflow ID: one open request per requester, instance and role, by construction."""
     return f"access/{instance}/{role}/{requester.lower()}"

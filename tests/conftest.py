@@ -36,6 +36,7 @@ from rolecall.config import ConfigStore
 from rolecall.models import RequestState, RequestStatus
 from rolecall.operations import get_status
 from rolecall.temporal import SEARCH_ATTRIBUTES
+from tests.fake_pagerduty import FakePagerDuty
 from worker import build_worker
 
 ADMIN_DSN_ENV = "ROLECALL_TEST_ADMIN_DSN"
@@ -115,6 +116,13 @@ class Roles:
                         sql.Identifier(name), sql.Identifier(name)
                     )
                 )
+
+
+@pytest.fixture
+def fake_pd() -> Iterator[FakePagerDuty]:
+    """A local PagerDuty REST API, its token in the environment while it runs."""
+    with FakePagerDuty() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ make it misbehave on demand. Real pdpyras talks to it through `APISession.url`.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -47,9 +48,13 @@ class OnCall:
     end: datetime | None = None
 
 
+TOKEN_ENV = "ROLECALL_TEST_PAGERDUTY_TOKEN"
+
+
 @dataclass
 class FakePagerDuty:
     token: str = field(default_factory=lambda: f"pd-{uuid.uuid4().hex}")
+    token_env: str = TOKEN_ENV  # set to `token` while the fake runs
     page_limit: int = MAX_LIMIT
     users: list[dict[str, Any]] = field(default_factory=list)
     oncalls: list[OnCall] = field(default_factory=list)
@@ -124,9 +129,23 @@ class FakePagerDuty:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-pagerduty", daemon=True)
         self._thread.start()
+        os.environ[self.token_env] = self.token
         return self
 
+    def section(self, **settings: Any) -> dict[str, dict[str, Any]]:
+        """A `[pagerduty]` config table that points rolecall at this fake."""
+        return {
+            "pagerduty": {
+                "enabled": True,
+                "token_env": self.token_env,
+                "url": self.url,
+                "timeout": 2,
+                **settings,
+            }
+        }
+
     def stop(self) -> None:
+        os.environ.pop(self.token_env, None)
         self._release.set()
         if self._server is not None:
             self._server.shutdown()

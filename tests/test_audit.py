@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,15 +21,6 @@ from rolecall.temporal import AUTO_APPROVED
 from tests.conftest import Roles, eventually
 from tests.fake_pagerduty import FakePagerDuty
 
-TOKEN_ENV = "ROLECALL_TEST_AUDIT_PAGERDUTY_TOKEN"
-
-
-@pytest.fixture
-def fake_pd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as fake:
-        monkeypatch.setenv(TOKEN_ENV, fake.token)
-        yield fake
-
 
 async def test_audit_export(make_stack, roles: Roles, pg, fake_pd: FakePagerDuty) -> None:
     role = roles.role()
@@ -40,15 +30,7 @@ async def test_audit_export(make_stack, roles: Roles, pg, fake_pd: FakePagerDuty
     fake_pd.add_oncall(fake_pd.add_user(email["oncall"]))
     stack = await make_stack(
         [role],
-        sections={
-            "pagerduty": {
-                "enabled": True,
-                "token_env": TOKEN_ENV,
-                "url": fake_pd.url,
-                "escalation_policy_ids": ["PEPDB01"],
-                "timeout": 2,
-            }
-        },
+        sections=fake_pd.section(escalation_policy_ids=["PEPDB01"]),
     )
     since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
     dba = "dba@example.com"

@@ -6,7 +6,6 @@ check's result is read back from the workflow history, where the Temporal UI sho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,29 +17,13 @@ from rolecall.config import load
 from rolecall.errors import ConfigError
 from rolecall.models import OnCallResult, RequestState
 from tests.conftest import Roles, Stack, eventually, write_config
-from tests.fake_pagerduty import FakePagerDuty
+from tests.fake_pagerduty import TOKEN_ENV, FakePagerDuty
 
-TOKEN_ENV = "ROLECALL_TEST_PAGERDUTY_TOKEN"
 DB_POLICY = "PEPDB01"
 
 
-@pytest.fixture
-def fake_pd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as fake:
-        monkeypatch.setenv(TOKEN_ENV, fake.token)
-        yield fake
-
-
 def pagerduty(fake: FakePagerDuty, **overrides: Any) -> dict[str, dict[str, Any]]:
-    section = {
-        "enabled": True,
-        "token_env": TOKEN_ENV,
-        "url": fake.url,
-        "escalation_policy_ids": [DB_POLICY],
-        "timeout": 2,
-        **overrides,
-    }
-    return {"pagerduty": section}
+    return fake.section(**{"escalation_policy_ids": [DB_POLICY], **overrides})
 
 
 async def oncall_result(stack: Stack, rid: str, timeout: float = 15) -> OnCallResult:

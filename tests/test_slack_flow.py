@@ -158,13 +158,11 @@ def _element(view: dict[str, Any], block_id: str) -> dict[str, Any]:
     raise AssertionError(f"no block {block_id!r} in {view}")
 
 
-async def test_pagerduty_auto_approval_says_so(make_stack, roles: Roles, pg, monkeypatch) -> None:
+async def test_pagerduty_auto_approval_says_so(make_stack, roles: Roles, pg) -> None:
     from tests.fake_pagerduty import FakePagerDuty
 
     with FakePagerDuty() as pd:
-        monkeypatch.setenv("ROLECALL_TEST_SLACK_PD_TOKEN", pd.token)
-        section = {"enabled": True, "token_env": "ROLECALL_TEST_SLACK_PD_TOKEN", "url": pd.url, "timeout": 2}
-        async with world_context(make_stack, roles, sections={"pagerduty": section}) as w:
+        async with world_context(make_stack, roles, sections=pd.section()) as w:
             user = pd.add_user(w.email, "Alice")
             pd.add_oncall(user, ("PEPDB01", "Databases"), level=1, schedule=("PSCDB01", "DB primary"))
             rid = await open_and_submit(w, duration="30m")

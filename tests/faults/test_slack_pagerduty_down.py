@@ -20,12 +20,11 @@ from tests.fake_pagerduty import FakePagerDuty
 from tests.fake_slack import ALICE, World, text_of, world_context
 from tests.faults.support import assert_no_grant_left_behind
 
-PD_TOKEN_ENV = "ROLECALL_TEST_FAULTS_PD_TOKEN"
 POLICY = "PEPFAULT1"
 SLACK_METHODS = ["chat.postMessage", "chat.update", "conversations.open", "users.lookupByEmail"]
 
 
-async def test_slack_and_pagerduty_failing_throughout(make_stack, roles: Roles, pg, monkeypatch) -> None:
+async def test_slack_and_pagerduty_failing_throughout(make_stack, roles: Roles, pg) -> None:
     """Bound: granted within 5 s of each approval, revoked no later than expiry + 5 s.
 
     Then Slack recovers, and every requester is told how their request ended (the DM and
@@ -33,12 +32,8 @@ async def test_slack_and_pagerduty_failing_throughout(make_stack, roles: Roles, 
     """
     extra_roles = [roles.role("b"), roles.role("c")]
     with FakePagerDuty() as pd:
-        monkeypatch.setenv(PD_TOKEN_ENV, pd.token)
-        section = {"enabled": True, "token_env": PD_TOKEN_ENV, "url": pd.url,
-                   "escalation_policy_ids": [POLICY], "timeout": 1}  # fmt: skip
-        async with world_context(
-            make_stack, roles, more_roles=extra_roles, sections={"pagerduty": section}
-        ) as w:
+        section = pd.section(escalation_policy_ids=[POLICY], timeout=1)
+        async with world_context(make_stack, roles, more_roles=extra_roles, sections=section) as w:
             pd.add_oncall(pd.add_user(w.email), (POLICY, "Databases"))  # on call: PD would auto-approve
             for method in SLACK_METHODS:
                 w.fake.hang(method, 6, times=1)  # longer than the client's 5 s timeout

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from activities.postgres import assert_safe_role
 from rolecall.config import Instance
 from rolecall.errors import DangerousRole, InstanceUnavailable
+from rolecall.pg import assert_safe_role
 
 DEFAULT_LOGIN = "rolecall_admin"
 

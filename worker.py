@@ -63,7 +63,7 @@ def build_worker(
             pagerduty.check_oncall,
             notify.notify,
             notify.report,
-            temporal.open_grants,
+            temporal.ledger,
             expand_groups,
         ],
     )

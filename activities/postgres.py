@@ -40,20 +40,23 @@ from rolecall.models import (
     ReconcileInput,
     RevokeInput,
     RevokeResult,
+    Target,
 )
-from rolecall.pg import MAX_NAME_BYTES, assert_safe_role, check_name_length
+from rolecall.pg import (
+    MAX_NAME_BYTES,
+    Conn,
+    assert_safe_role,
+    check_login,
+    check_name_length,
+    connect,
+    grantor_oid,
+    owned_objects,
+)
 
 log = logging.getLogger(__name__)
 
-# The grantor PostgreSQL records for our own GRANTs. 16+ records a superuser's grant as made
-# by the bootstrap superuser (oid 10); 15 records current_user whoever it is.
-_OUR_GRANTOR = sql.SQL(
-    "(SELECT CASE WHEN rolsuper AND current_setting('server_version_num')::int >= 160000 "
-    "THEN 10::oid ELSE oid END FROM pg_roles WHERE rolname = current_user)"
-)
 
-
-async def _terminate_sessions(conn: psycopg.AsyncConnection[tuple[object, ...]], login: str) -> list[int]:
+async def _terminate_sessions(conn: Conn, login: str) -> list[int]:
     """End every session the login has open now, just after the REVOKE committed.
 
     Those sessions may hold the role through SET ROLE. They are picked by pid, not by
@@ -104,31 +107,28 @@ async def heartbeating(every: float = 2.0) -> AsyncIterator[None]:
 
 
 class PostgresActivities:
-    """Activities that touch the target databases; one connection per call, closed after."""
+    """Activities that touch the target databases, through `rolecall.pg.connect` (bounded)."""
 
     def __init__(self, config: ConfigStore) -> None:
         self._config = config
 
-    @asynccontextmanager
-    async def _connect(
-        self, instance: Instance
-    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                instance.dsn(),
-                autocommit=True,
-                connect_timeout=instance.connect_timeout,
-                application_name="rolecall",
-            )
-        except psycopg.OperationalError as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InstanceUnavailable(f"cannot connect to instance {instance.name!r}: {first_line}") from e
-        try:
-            yield conn
-        finally:
-            await conn.close()
+    def _target(self, name: str, snapshot: Target | None) -> Target:
+        """Where to connect: the current config, else the request's snapshot (instance removed).
 
-    async def _exists(self, conn: psycopg.AsyncConnection[tuple[object, ...]], name: str) -> bool:
+        The grantor always comes from the snapshot: it is how this request's grant was made,
+        whatever the config says now (None for requests from before grantors existed).
+        """
+        inst = self._config.get().instances.get(name)
+        if inst is not None:
+            return inst.target().model_copy(update={"grantor": snapshot.grantor if snapshot else None})
+        if snapshot is None:
+            raise InstanceUnavailable(
+                f"instance {name!r} is no longer in the config and this request has no connection "
+                "snapshot: put the instance back (revoke-only) so its grants can be revoked"
+            )
+        return snapshot
+
+    async def _exists(self, conn: Conn, name: str) -> bool:
         cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
         return await cur.fetchone() is not None
 
@@ -143,6 +143,7 @@ class PostgresActivities:
     async def _check(self, req: AccessRequest) -> CheckResult:
         config = self._config.get()
         inst = config.instance(req.instance)
+        inst.check_requester(req.requester)
         if req.duration.total_seconds() <= 0:
             raise BadRequest("duration must be positive")
         if req.duration > inst.max_duration:
@@ -150,31 +151,12 @@ class PostgresActivities:
                 f"duration {format_duration(req.duration)} is over the maximum of "
                 f"{format_duration(inst.max_duration)} on instance {inst.name!r}"
             )
-        if not inst.is_requestable(req.role):
-            raise NotFound(
-                f"role {req.role!r} is not requestable on instance {inst.name!r} "
-                f"(requestable: {', '.join(inst.roles)})"
-            )
         db_user = inst.login_for(req.requester)
-        check_name_length(req.role, "role")
-        check_name_length(db_user, "database login")
-        async with self._connect(inst) as conn:
-            if not await self._exists(conn, req.role):
-                raise NotFound(f"role {req.role!r} does not exist on instance {inst.name!r}")
-            if not await self._exists(conn, db_user):
-                raise NotFound(
-                    f"database login {db_user!r} (for {req.requester}) does not exist "
-                    f"on instance {inst.name!r}"
-                )
-            warnings = await assert_safe_role(conn, req.role, req.role in inst.unsafe_allowed)
-            cur = await conn.execute(
-                "SELECT pg_has_role(%s, %s, 'MEMBER'), %s = current_user",
-                [db_user, req.role, db_user],
-            )
+        async with connect(inst.target()) as conn:
+            warnings = await self._assert_grantable(conn, inst, req.role, db_user, req.requester)
+            cur = await conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [db_user, req.role])
             row = await cur.fetchone()
             assert row is not None
-            if row[1]:
-                raise BadRequest(f"{db_user!r} is rolecall's own admin login on {inst.name!r}")
             if row[0]:
                 raise AlreadyMember(
                     f"{db_user!r} already has role {req.role!r} on instance {inst.name!r} "
@@ -196,8 +178,29 @@ class PostgresActivities:
                 revoke_alert_after=inst.revoke_alert_after,
                 auto_approve_max=config.pagerduty.auto_approve_max,
                 pagerduty_enabled=config.pagerduty.enabled,
+                target=inst.target(),
             ),
         )
+
+    async def _assert_grantable(
+        self, conn: Conn, inst: Instance, role: str, db_user: str, requester: str
+    ) -> list[str]:
+        """Every rule of the check; run at request time and again, on its own connection, at grant."""
+        if not inst.is_requestable(role):
+            raise NotFound(
+                f"role {role!r} is not requestable on instance {inst.name!r} "
+                f"(requestable: {', '.join(inst.roles)})"
+            )
+        check_name_length(role, "role")
+        check_name_length(db_user, "database login")
+        if not await self._exists(conn, role):
+            raise NotFound(f"role {role!r} does not exist on instance {inst.name!r}")
+        await check_login(conn, db_user, requester, inst.name)
+        cur = await conn.execute("SELECT %s = current_user", [db_user])
+        row = await cur.fetchone()
+        if row and row[0]:
+            raise BadRequest(f"{db_user!r} is rolecall's own admin login on {inst.name!r}")
+        return await assert_safe_role(conn, role, role in inst.unsafe_allowed)
 
     @activity.defn(name="prepare_grant")
     async def prepare_grant(self, inp: GrantInput) -> PrepareResult:
@@ -209,8 +212,7 @@ class PostgresActivities:
         try:
             check_name_length(inp.role, "role")
             check_name_length(inp.db_user, "database login")
-            inst = self._instance(inp.instance)
-            async with self._connect(inst) as conn:
+            async with connect(self._target(inp.instance, inp.target)) as conn:
                 cur = await conn.execute(
                     """SELECT EXISTS (SELECT 1 FROM pg_auth_members m
                          JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
@@ -219,56 +221,65 @@ class PostgresActivities:
                 )
                 row = await cur.fetchone()
                 assert row is not None
-                return PrepareResult(pre_existing=bool(row[0]), server_version=conn.info.server_version)
+                return PrepareResult(pre_existing=bool(row[0]))
         except RolecallError as e:
             raise e.to_application_error() from e
 
     @activity.defn(name="grant_role")
     async def grant_role(self, inp: GrantInput) -> GrantResult:
-        """GRANT, idempotently; on 16+ without SET so `SET ROLE` cannot outlive the revoke."""
+        """Check again, then GRANT, on the one connection.
+
+        The role may have become unsafe (or the login a group) since the request was checked;
+        the approval does not change that, so every rule of the check runs again right here.
+        On 16+ the grant is WITHOUT SET, so `SET ROLE` cannot outlive the revoke.
+        """
         async with heartbeating():
             return await self._grant(inp)
 
     async def _grant(self, inp: GrantInput) -> GrantResult:
         try:
-            check_name_length(inp.role, "role")
-            check_name_length(inp.db_user, "database login")
-            inst = self._instance(inp.instance)
-            async with self._connect(inst) as conn:
-                stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
-                if conn.info.server_version >= 160000:
-                    stmt += sql.SQL(" WITH INHERIT TRUE, SET FALSE")
+            inst = self._config.get().instances.get(inp.instance)
+            if inst is None:
+                raise GrantFailed(f"instance {inp.instance!r} is no longer configured: nothing granted")
+            target = self._target(inp.instance, inp.target)
+            # Autocommit, like every statement here: a GRANT that reached the server commits
+            # even if the worker dies before its answer (a held transaction would not).
+            async with connect(target) as conn:
                 try:
-                    await conn.execute(stmt)
-                except psycopg.errors.UndefinedObject as e:
-                    raise GrantFailed(
-                        f"role {inp.role!r} or login {inp.db_user!r} no longer exists "
-                        f"on instance {inst.name!r}"
-                    ) from e
-                except psycopg.errors.InsufficientPrivilege as e:
-                    raise GrantFailed(
-                        f"rolecall's admin login may not grant {inp.role!r} on instance "
-                        f"{inst.name!r}: {e.diag.message_primary}"
-                    ) from e
-                cur = await conn.execute(
-                    sql.SQL(
-                        """SELECT g.rolname FROM pg_auth_members m
-                           JOIN pg_roles r ON r.oid = m.roleid
-                           JOIN pg_roles u ON u.oid = m.member
-                           JOIN pg_roles g ON g.oid = m.grantor
-                           WHERE r.rolname = %s AND u.rolname = %s AND m.grantor = {}"""
-                    ).format(_OUR_GRANTOR),
-                    [inp.role, inp.db_user],
-                )
-                row = await cur.fetchone()
-                activity.logger.info("granted %s to %s on %s", inp.role, inp.db_user, inst.name)
-                return GrantResult(granted=True, grantor=str(row[0]) if row else None)
+                    warnings = await self._assert_grantable(conn, inst, inp.role, inp.db_user, inp.db_user)
+                except BadRequest as e:
+                    raise GrantFailed(str(e)) from e
+                owned = await owned_objects(conn, inp.role)
+                await self._execute_grant(conn, inp, target)
+                row_xmin = await self._row_xmin(conn, inp.role, inp.db_user, target)
+            activity.logger.info("granted %s to %s on %s", inp.role, inp.db_user, inst.name)
+            return GrantResult(granted=True, owned=owned, warnings=warnings, row_xmin=row_xmin)
         except RolecallError as e:
             raise e.to_application_error() from e
 
+    async def _execute_grant(self, conn: Conn, inp: GrantInput, target: Target) -> None:
+        stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
+        if conn.info.server_version >= 160000:
+            stmt += sql.SQL(" WITH INHERIT TRUE, SET FALSE")
+        if target.grantor:
+            stmt += sql.SQL(" GRANTED BY {}").format(sql.Identifier(target.grantor))
+        try:
+            await conn.execute(stmt)
+        except psycopg.errors.UndefinedObject as e:
+            raise GrantFailed(
+                f"role {inp.role!r}, login {inp.db_user!r} or grantor {target.grantor!r} no longer "
+                f"exists on instance {target.instance!r}"
+            ) from e
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise GrantFailed(
+                f"rolecall's admin login may not grant {inp.role!r}"
+                + (f" as {target.grantor!r}" if target.grantor else "")
+                + f" on instance {target.instance!r}: {e.diag.message_primary}"
+            ) from e
+
     @activity.defn(name="revoke_role")
     async def revoke_role(self, inp: RevokeInput) -> RevokeResult:
-        """REVOKE, end the login's older sessions, then prove the access is gone.
+        """REVOKE, end the login's sessions, then prove the access is gone.
 
         Every failure here is retryable: the workflow retries until the access is provably
         gone, and alerts the approvers when it takes too many attempts.
@@ -289,42 +300,60 @@ class PostgresActivities:
         if len(inp.role.encode()) > MAX_NAME_BYTES or len(inp.db_user.encode()) > MAX_NAME_BYTES:
             # Never granted (the check refuses such names); REVOKE would hit the truncated twin.
             return RevokeResult(revoked=True, note="name over PostgreSQL's limit: nothing was granted")
-        inst = self._instance(inp.instance)
         if inp.pre_existing:
             return RevokeResult(revoked=False, note="membership predates the request; left in place")
-        async with self._connect(inst) as conn:
-            try:
-                await conn.execute(
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
+        target = self._target(inp.instance, inp.target)
+        async with connect(target) as conn:
+            if inp.require_ours and not await self._ours(conn, inp, target):
+                return RevokeResult(
+                    revoked=False,
+                    note="rolecall's membership row is not there (another row may be): left alone",
                 )
+            stmt = sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))
+            if target.grantor:
+                stmt += sql.SQL(" GRANTED BY {}").format(sql.Identifier(target.grantor))
+            try:
+                await conn.execute(stmt)
             except psycopg.errors.UndefinedObject:
                 # The role or the login was dropped: no membership can remain.
                 return RevokeResult(revoked=True, note="role or login no longer exists")
             ended = await _terminate_sessions(conn, inp.db_user) if inp.terminate_sessions else []
-            note = await self._verify_revoked(conn, inp, ended)
+            note = await self._verify_revoked(conn, inp, target, ended)
+            new_objects = await self._new_objects(conn, inp)
         activity.logger.info(
-            "revoked %s from %s on %s (%d sessions ended)",
-            inp.role,
-            inp.db_user,
-            inst.name,
-            len(ended),
+            "revoked %s from %s on %s (%d sessions ended)", inp.role, inp.db_user, target.instance, len(ended)
         )
-        return RevokeResult(revoked=True, terminated_sessions=len(ended), note=note)
+        return RevokeResult(revoked=True, terminated_sessions=len(ended), note=note, new_objects=new_objects)
 
-    async def _verify_revoked(
-        self, conn: psycopg.AsyncConnection[tuple[object, ...]], inp: RevokeInput, ended: list[int]
-    ) -> str:
-        """Prove rolecall's grant and the sessions that predate the revoke are gone."""
+    async def _row_xmin(self, conn: Conn, role: str, login: str, target: Target) -> str | None:
         cur = await conn.execute(
             sql.SQL(
-                """SELECT EXISTS (SELECT 1 FROM pg_auth_members m
-                     JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
-                     WHERE r.rolname = %s AND u.rolname = %s AND m.grantor = {})"""
-            ).format(_OUR_GRANTOR),
-            [inp.role, inp.db_user],
+                """SELECT m.xmin::text FROM pg_auth_members m
+                   JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                   WHERE r.rolname = %s AND u.rolname = %s AND m.grantor = {} AND NOT m.admin_option"""
+            ).format(grantor_oid(target.grantor)),
+            [role, login],
         )
         row = await cur.fetchone()
-        if row and row[0]:
+        return str(row[0]) if row else None
+
+    async def _ours(self, conn: Conn, inp: RevokeInput, target: Target) -> bool:
+        """Is rolecall's row there: by its grantor, and with require_ours by its exact xmin too."""
+        xmin = await self._row_xmin(conn, inp.role, inp.db_user, target)
+        if inp.require_ours:
+            return xmin is not None and xmin == inp.row_xmin
+        return xmin is not None
+
+    async def _new_objects(self, conn: Conn, inp: RevokeInput) -> list[str]:
+        """Objects the role came to own while lent: they outlive the membership. Reported only."""
+        if inp.owned_at_grant is None:
+            return []
+        before = set(inp.owned_at_grant)
+        return [o for o in await owned_objects(conn, inp.role) if o not in before]
+
+    async def _verify_revoked(self, conn: Conn, inp: RevokeInput, target: Target, ended: list[int]) -> str:
+        """Prove rolecall's grant and the sessions that predate the revoke are gone."""
+        if await self._ours(conn, inp, target):
             raise RevokeNotVerified(
                 f"{inp.db_user!r} is still a member of {inp.role!r} on {inp.instance!r} after REVOKE"
             )
@@ -351,13 +380,15 @@ class PostgresActivities:
     async def list_memberships(self, inp: ReconcileInput) -> MembershipList:
         """Direct memberships of the instance's requestable roles, split by who granted them.
 
-        Rolecall's own grants are recognised by their grantor (see _OUR_GRANTOR): a dedicated
-        admin login (`rolecall setup-sql`) keeps them apart from grants made by hand. A grant
-        WITH ADMIN OPTION is delegated administration, which rolecall never grants.
+        "Ours" means recorded with rolecall's grantor (the dedicated `grantor` role, or the
+        admin login). That alone proves nothing when the admin login is a superuser or is
+        also used by hand: the reconciler revokes only what its ledger also shows.
         """
+        inst = self._config.get().instances.get(inp.instance)
+        if inst is None:
+            return MembershipList(configured=False)
         try:
-            inst = self._instance(inp.instance)
-            async with self._connect(inst) as conn:
+            async with connect(inst.target()) as conn:
                 cur = await conn.execute(
                     sql.SQL(
                         """SELECT r.rolname, u.rolname, g.rolname,
@@ -367,25 +398,16 @@ class PostgresActivities:
                            JOIN pg_roles u ON u.oid = m.member
                            LEFT JOIN pg_roles g ON g.oid = m.grantor
                            ORDER BY 1, 2"""
-                    ).format(_OUR_GRANTOR)
+                    ).format(grantor_oid(inst.grantor))
                 )
                 rows = await cur.fetchall()
         except RolecallError as e:
             raise e.to_application_error() from e
-        result = MembershipList(
-            ours=[],
-            foreign=[],
-            admin_login="",
-            terminate_sessions=inst.terminate_sessions,
-            channel=inst.slack_channel,
-        )
+        result = MembershipList(terminate_sessions=inst.terminate_sessions, channel=inst.slack_channel)
         for role, member, grantor, ours, admin in rows:
             result.admin_login = str(admin)
-            if not inst.is_requestable(str(role)) or str(member) == str(admin):
+            if not inst.is_requestable(str(role)) or str(member) in (str(admin), inst.grantor):
                 continue
             m = Membership(role=str(role), member=str(member), grantor=str(grantor or "?"))
             (result.ours if ours else result.foreign).append(m)
         return result
-
-    def _instance(self, name: str) -> Instance:
-        return self._config.get().instance(name)

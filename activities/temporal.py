@@ -1,17 +1,27 @@
-"""What Temporal knows: which requests are open. Used by the reconciler."""
+"""What Temporal knows: the ledger of what rolecall holds. Used by the reconciler.
+
+Contract: reads Temporal's visibility store and histories; writes nothing. The ledger is the
+proof the reconciler needs before it revokes anything: a request that granted the role to
+that login and never verified its revoke. Every request upserts `RolecallLogin` and, while
+it may hold a grant, `RolecallExpiresAt`; the attribute is removed once the revoke is proven.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecution, WorkflowHandle
 
-from rolecall.config import ConfigStore
-from rolecall.models import OpenGrants, ReconcileInput, RequestStatus
-from rolecall.temporal import INSTANCE, REQUESTER, ROLE, quote
+from rolecall.config import ConfigStore, Instance
+from rolecall.models import CheckResult, GrantResult, Ledger, ReconcileInput, RequestStatus, StrandedGrant
+from rolecall.temporal import EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, quote
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class TemporalActivities:
@@ -19,26 +29,96 @@ class TemporalActivities:
         self._client = client
         self._config = config
 
-    @activity.defn(name="open_grants")
-    async def open_grants(self, inp: ReconcileInput) -> OpenGrants:
-        """(role, login) of every open request on the instance, whatever its state.
+    @activity.defn(name="ledger")
+    async def ledger(self, inp: ReconcileInput) -> Ledger:
+        """Requests past expiry plus grace that may still hold their grant, and the healthy rest.
 
-        Conservative on purpose: a pair counts if an open request names it, by the login its
-        status reports or, when the status cannot be read, the login the config maps to.
+        Open and closed workflows alike (a terminated request is closed but its grant stays),
+        within the namespace's retention; only this deployment's task queue.
         """
-        inst = self._config.get().instance(inp.instance)
-        # Requests run on the reconciler's own task queue: that is this deployment's.
-        query = (
-            'WorkflowType = "AccessRequestWorkflow" AND ExecutionStatus = "Running" '
-            f'AND {INSTANCE.name} = "{quote(inp.instance)}" '
+        config = self._config.get()
+        cutoff = datetime.now(UTC) - config.reconcile.grace
+        base = (
+            f'WorkflowType = "AccessRequestWorkflow" AND {INSTANCE.name} = "{quote(inp.instance)}" '
             f'AND TaskQueue = "{quote(activity.info().task_queue)}"'
         )
+        stranded: list[StrandedGrant] = []
+        async for wf in self._client.list_workflows(f'{base} AND {EXPIRES_AT.name} < "{_rfc3339(cutoff)}"'):
+            found = await self._stranded(wf)
+            if found is not None:
+                stranded.append(found)
+            activity.heartbeat()
+        seen = {(g.request_id, g.run_id) for g in stranded}
+        protected = await self._open_pairs(
+            f'{base} AND ExecutionStatus = "Running"', config.instances.get(inp.instance), seen
+        )
+        return Ledger(protected=sorted(protected), stranded=stranded)
+
+    async def _stranded(self, wf: WorkflowExecution) -> StrandedGrant | None:
+        sa = wf.typed_search_attributes
+        role, login, expires = sa.get(ROLE), sa.get(LOGIN), sa.get(EXPIRES_AT)
+        if not (role and login and expires):
+            return None
+        check, grant = await self._results(self._client.get_workflow_handle(wf.id, run_id=wf.run_id))
+        policy = check.policy if check else None
+        return StrandedGrant(
+            request_id=wf.id,
+            run_id=wf.run_id,
+            execution=wf.status.name.replace("_", " ").lower() if wf.status else "unknown",
+            role=role,
+            login=login,
+            expires_at=expires,
+            target=policy.target if policy else None,
+            terminate_sessions=policy.terminate_sessions if policy else True,
+            channel=policy.slack_channel if policy else None,
+            row_xmin=grant.row_xmin if grant else None,
+        )
+
+    async def _results(
+        self, handle: WorkflowHandle[Any, Any]
+    ) -> tuple[CheckResult | None, GrantResult | None]:
+        """The request's check and grant, read from its history: where, how, and which row.
+
+        Read from the history rather than queried, so it works for terminated workflows and
+        for workflows whose tasks fail (a query would need a worker to replay them).
+        """
+        scheduled: dict[int, str] = {}
+        check: CheckResult | None = None
+        grant: GrantResult | None = None
+        converter = self._client.data_converter
+        async for event in handle.fetch_history_events():
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                name = event.activity_task_scheduled_event_attributes.activity_type.name
+                if name in ("check_request", "grant_role"):
+                    scheduled[event.event_id] = name
+            elif event.HasField("activity_task_completed_event_attributes"):
+                done = event.activity_task_completed_event_attributes
+                kind = scheduled.get(done.scheduled_event_id)
+                if kind == "check_request":
+                    [check] = await converter.decode(done.result.payloads, [CheckResult])
+                elif kind == "grant_role":
+                    [grant] = await converter.decode(done.result.payloads, [GrantResult])
+        return check, grant
+
+    async def _open_pairs(
+        self, query: str, inst: Instance | None, skip: set[tuple[str, str | None]]
+    ) -> set[tuple[str, str]]:
+        """(role, login) of every healthy open request, whatever its state.
+
+        Conservative on purpose: the login its search attribute names, else (requests from
+        before it existed) the one its status reports, else the one the config maps to.
+        """
         pairs: set[tuple[str, str]] = set()
         handles = []
         async for wf in self._client.list_workflows(query):
+            if (wf.id, wf.run_id) in skip:
+                continue
             sa = wf.typed_search_attributes
-            role, requester = sa.get(ROLE), sa.get(REQUESTER)
-            if role and requester:
+            role, requester, login = sa.get(ROLE), sa.get(REQUESTER), sa.get(LOGIN)
+            if role and login:
+                pairs.add((role, login))
+                continue
+            if role and requester and inst is not None:
                 pairs.add((role, inst.login_for(requester)))
             handles.append(self._client.get_workflow_handle(wf.id, run_id=wf.run_id))
         limit = asyncio.Semaphore(16)
@@ -54,5 +134,4 @@ class TemporalActivities:
                     pairs.add((s.role, s.db_user))
 
         await asyncio.gather(*(status(h) for h in handles))
-        activity.heartbeat()
-        return OpenGrants(pairs=sorted(pairs))
+        return pairs

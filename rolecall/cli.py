@@ -162,6 +162,17 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"search attributes added: {', '.join(added)}" if added else "search attributes: up to date")
         return 0
     if args.command == "request":
+        from rolecall.config import load
+        from rolecall.errors import ConfigError
+
+        # Refused here, before a workflow exists, where the policy file is at hand; the
+        # check activity refuses it again either way.
+        try:
+            policy = load(settings.config)
+        except ConfigError:
+            policy = None
+        if policy is not None and args.instance in policy.instances:
+            policy.instances[args.instance].check_requester(args.actor)
         req = AccessRequest(
             requester=args.actor,
             instance=args.instance,
@@ -220,7 +231,15 @@ async def _reconcile(client: Client, args: argparse.Namespace, settings: Setting
     from workflows.reconcile import ReconcileWorkflow
 
     config = load(settings.config)
-    names = [config.instance(args.instance).name] if args.instance else sorted(config.instances)
+    names = [args.instance] if args.instance else sorted(config.instances)
+    if args.instance and args.instance not in config.instances:
+        # An instance taken out of the config may still have grants to sweep: its requests
+        # carry what the revoke needs.
+        print(
+            f"note: instance {args.instance!r} is not configured; sweeping only the stranded grants "
+            "its requests recorded",
+            file=sys.stderr,
+        )
     failed = False
     for name in names:
         report = await client.execute_workflow(

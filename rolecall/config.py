@@ -28,13 +28,16 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rolecall.durations import parse_duration
-from rolecall.errors import BadRequest, ConfigError
+from rolecall.errors import BadRequest, ConfigError, NotAllowed
+from rolecall.models import Target
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "rolecall.toml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _GLOB_CHARS = set("*?[")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 
 
 def _duration(value: Any) -> Any:
@@ -81,6 +84,17 @@ class Instance(_Strict):
     logins: dict[str, str] = {}
     unsafe_allowed: list[str] = []
     connect_timeout: int = Field(default=5, ge=1, le=60)
+    # Manners on a production primary: a statement that waits on a lock gives up (and is
+    # retried) instead of queueing behind it, and no worker opens more than this many
+    # connections to the instance at once.
+    lock_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(seconds=30)
+    max_connections: int = Field(default=5, ge=1, le=100)
+    # GRANT ... GRANTED BY this role, so rolecall's grants stand apart from everyone else's
+    # even when the admin login is a superuser (docs/security.md). None: the login itself.
+    grantor: str | None = None
+    # Requesters' email domains; empty means any. Checked before a request starts.
+    allowed_email_domains: list[str] = []
     # PagerDuty duties that count as on call for this instance. Setting either replaces the
     # [pagerduty] defaults as a pair (the one left out is empty); leaving both out keeps them.
     pagerduty_schedule_ids: list[str] | None = None
@@ -97,6 +111,31 @@ class Instance(_Strict):
             if not _EMAIL.match(email):
                 raise ValueError(f"{email!r} is not an email address")
         return [e.lower() for e in value]
+
+    @field_validator("allowed_email_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for domain in value:
+            d = domain.strip().lower().removeprefix("@")
+            if not _DOMAIN.match(d):
+                raise ValueError(f"{domain!r} is not an email domain (e.g. 'example.com')")
+            out.append(d)
+        return out
+
+    @field_validator("grantor")
+    @classmethod
+    def _grantor(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value.encode()) > 63):
+            raise ValueError(f"{value!r} is not a role name (1 to 63 bytes)")
+        return value
+
+    @field_validator("lock_timeout", "statement_timeout")
+    @classmethod
+    def _timeouts(cls, value: timedelta) -> timedelta:
+        if value > timedelta(minutes=10):
+            raise ValueError("must be at most 10m: rolecall's statements are short")
+        return value
 
     @field_validator("roles", "unsafe_allowed")
     @classmethod
@@ -138,6 +177,28 @@ class Instance(_Strict):
                 f"instance {self.name!r}: environment variable {self.dsn_env} (its admin DSN) is not set"
             )
         return value
+
+    def target(self) -> Target:
+        return Target(
+            instance=self.name,
+            dsn_env=self.dsn_env,
+            connect_timeout=self.connect_timeout,
+            lock_timeout=self.lock_timeout,
+            statement_timeout=self.statement_timeout,
+            max_connections=self.max_connections,
+            grantor=self.grantor,
+        )
+
+    def check_requester(self, email: str) -> None:
+        """Refuse a requester outside the allowed email domains, before anything starts."""
+        if not self.allowed_email_domains:
+            return
+        domain = email.strip().lower().rpartition("@")[2]
+        if domain not in self.allowed_email_domains:
+            raise NotAllowed(
+                f"{email} may not request access on instance {self.name!r}: only "
+                f"{', '.join('@' + d for d in self.allowed_email_domains)} addresses may"
+            )
 
     def is_requestable(self, role: str) -> bool:
         for pattern in self.roles:
@@ -186,6 +247,9 @@ class Reconcile(_Strict):
 
     enabled: bool = True
     interval: Duration = timedelta(minutes=5)
+    # A grant whose request is this far past its expiry without a verified revoke (workflow
+    # terminated, failing, or stuck) is revoked by the reconciler.
+    grace: Duration = timedelta(minutes=10)
 
     @field_validator("interval")
     @classmethod

@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=False, extra="forbid")
+    # Unknown fields are ignored, never refused: during a rolling deploy a newer Slack app or
+    # CLI may send a field this worker does not know, and a refused payload would make the SDK
+    # drop the signal; old histories may also hold fields a newer release removed.
+    model_config = ConfigDict(frozen=False, extra="ignore")
 
 
 class RequestState(StrEnum):
@@ -61,6 +64,23 @@ class AccessRequest(Model):
     slack_user_id: str | None = None
 
 
+class Target(Model):
+    """How to reach an instance and how rolecall grants there, snapshotted at check time.
+
+    A revoke must never depend on the instance still being in the config file: it connects
+    with the current config when the instance is there, and with this snapshot when it is
+    not. The grantor is a fact of how the grant was made, so it always comes from here.
+    """
+
+    instance: str
+    dsn_env: str
+    connect_timeout: int = 5
+    lock_timeout: timedelta = timedelta(seconds=5)
+    statement_timeout: timedelta = timedelta(seconds=30)
+    max_connections: int = 5
+    grantor: str | None = None  # GRANTED BY this role; None: the admin login itself
+
+
 class Policy(Model):
     """The rules that applied to one request, snapshotted by the check activity."""
 
@@ -75,6 +95,7 @@ class Policy(Model):
     revoke_alert_after: int = 5
     auto_approve_max: timedelta = timedelta(hours=1)
     pagerduty_enabled: bool = True  # histories from before this field ran the check
+    target: Target | None = None  # None in histories from before the snapshot existed
 
 
 class CheckResult(Model):
@@ -128,18 +149,25 @@ class GrantInput(Model):
     instance: str
     role: str
     db_user: str
+    target: Target | None = None
 
 
 class PrepareResult(Model):
     """Recorded once, before the first grant attempt, so retries cannot mistake their own grant."""
 
     pre_existing: bool
-    server_version: int
 
 
 class GrantResult(Model):
     granted: bool
-    grantor: str | None = None
+    # What the lent role (and the roles it contains) owned when it was granted, so the revoke
+    # can tell which objects were created while it was lent.
+    owned: list[str] = []
+    warnings: list[str] = []
+    # The xmin of the pg_auth_members row this grant left: the identity of rolecall's row.
+    # A row someone makes later (even for the same role and login, by the same login) has
+    # another xmin, so the reconciler can tell rolecall's row from every other.
+    row_xmin: str | None = None
 
 
 class RevokeInput(Model):
@@ -149,13 +177,19 @@ class RevokeInput(Model):
     db_user: str
     terminate_sessions: bool = True
     pre_existing: bool = False
-    alert_after: int = 5
+    target: Target | None = None
+    owned_at_grant: list[str] | None = None  # None: not known (nothing to compare)
+    # The reconciler's revoke: only when the membership row is rolecall's (by its grantor),
+    # never a grant someone else made of the same role to the same login.
+    require_ours: bool = False
+    row_xmin: str | None = None  # with require_ours: revoke only this exact row
 
 
 class RevokeResult(Model):
     revoked: bool
     terminated_sessions: int = 0
     note: str = ""
+    new_objects: list[str] = []  # owned by the role now, not at grant: reported, never dropped
 
 
 class RequestStatus(Model):
@@ -190,6 +224,9 @@ class RequestStatus(Model):
     approvers: list[str] = []
     allow_self_approval: bool = False
     refused: list[RefusedSignal] = []
+    # Objects the lent role came to own while it was lent (found at revoke): they outlive the
+    # membership, so approvers are told. rolecall never drops them.
+    new_objects: list[str] = []
 
 
 NotificationEvent = Literal[
@@ -236,16 +273,37 @@ class Membership(Model):
     grantor: str
 
 
-class OpenGrants(Model):
-    """(role, login) pairs that an open request stands behind."""
+class StrandedGrant(Model):
+    """A request that may still hold its grant, past its expiry plus the grace period.
 
-    pairs: list[tuple[str, str]]
+    Found in Temporal's visibility store (the ledger): its workflow was terminated, keeps
+    failing, or otherwise never verified its revoke.
+    """
+
+    request_id: str
+    run_id: str | None = None
+    execution: str  # Running, Terminated, Failed, TimedOut, ...
+    role: str
+    login: str
+    expires_at: datetime
+    target: Target | None = None
+    terminate_sessions: bool = True
+    channel: str | None = None
+    row_xmin: str | None = None  # None: the grant's answer was lost, its row can't be proven
+
+
+class Ledger(Model):
+    """What Temporal says rolecall holds on one instance."""
+
+    protected: list[tuple[str, str]]  # (role, login) behind a healthy open request
+    stranded: list[StrandedGrant] = []
 
 
 class MembershipList(Model):
-    ours: list[Membership]  # granted by rolecall's admin login
-    foreign: list[Membership]  # granted by someone else: reported, never touched
-    admin_login: str
+    configured: bool = True  # False: the instance left the config; only stranded grants are swept
+    ours: list[Membership] = []  # recorded with rolecall's grantor
+    foreign: list[Membership] = []  # granted by someone else: reported, never touched
+    admin_login: str = ""
     terminate_sessions: bool = True
     channel: str | None = None
 
@@ -254,19 +312,36 @@ class ReconcileReport(Model):
     instance: str
     dry_run: bool
     channel: str | None = None
-    orphans: list[Membership] = []
-    revoked: list[Membership] = []
+    stranded: list[StrandedGrant] = []  # found past expiry + grace
+    revoked: list[StrandedGrant] = []  # of those, revoked now and verified
+    # Recorded with rolecall's grantor, but no request in the ledger stands behind it: made by
+    # hand with rolecall's login, or by a request older than the ledger. Reported, not touched.
+    unproven: list[Membership] = []
     foreign: list[Membership] = []
     errors: list[str] = []
+
+    @property
+    def alarming(self) -> bool:
+        """Worth telling the approvers: something was (or would be) revoked, or went wrong."""
+        return bool(self.revoked or self.errors or (self.dry_run and self.stranded))
 
     def summary(self) -> str:
         verb = "would revoke" if self.dry_run else "revoked"
         lines = [
-            f"reconcile {self.instance}: {len(self.orphans)} orphaned grant(s), "
-            f"{len(self.foreign)} granted outside rolecall"
+            f"reconcile {self.instance}: {len(self.stranded)} stranded grant(s), "
+            f"{len(self.unproven) + len(self.foreign)} granted outside rolecall's requests"
         ]
-        done = self.orphans if self.dry_run else self.revoked
-        lines += [f"  {verb}: {m.role} from {m.member} (granted by {m.grantor})" for m in done]
+        done = self.stranded if self.dry_run else self.revoked
+        lines += [
+            f"  {verb}: {g.role} from {g.login} (request {g.request_id}, {g.execution.lower()}, "
+            f"expired {g.expires_at:%Y-%m-%d %H:%M:%S} UTC)"
+            for g in done
+        ]
+        lines += [
+            f"  no rolecall request behind it (left alone): {m.role} held by {m.member}, "
+            f"granted by {m.grantor}"
+            for m in self.unproven
+        ]
         lines += [
             f"  outside rolecall (left alone): {m.role} held by {m.member}, granted by {m.grantor}"
             for m in self.foreign

@@ -1,17 +1,128 @@
-"""The SQL that the activities, doctor and setup-sql share: what makes a role safe to lend.
+"""The SQL that the activities, doctor and setup-sql share: connecting, and what is safe to lend.
 
-Contract: pure functions over an open psycopg connection; no config, no Temporal. Names reach
-SQL only as bound parameters. A refusal is a `DangerousRole` or `BadRequest` whose message a
-person can act on.
+Contract: functions over an open psycopg connection plus the one way to open one; no config
+file, no Temporal. Names reach SQL only as bound parameters or `sql.Identifier`/`sql.Literal`.
+A refusal is a `DangerousRole` or `BadRequest` whose message a person can act on; a server
+that cannot be reached is `InstanceUnavailable` (retryable).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from rolecall.errors import BadRequest, DangerousRole
+from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, NotFound
+from rolecall.models import Target
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+# Per event loop (the CLI runs its own), per instance: at most max_connections at once.
+_LIMITS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dsn_of(target: Target) -> str:
+    value = os.environ.get(target.dsn_env)
+    if not value:
+        raise ConfigError(
+            f"instance {target.instance!r}: environment variable {target.dsn_env} (its admin DSN) is not set"
+        )
+    return value
+
+
+def _ms(value: object) -> int:
+    return max(1, int(value.total_seconds() * 1000))  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def connect(
+    target: Target, application_name: str = "rolecall", dbname: str | None = None
+) -> AsyncIterator[Conn]:
+    """The one way rolecall opens a connection to an instance.
+
+    Every session sets lock_timeout and statement_timeout (a REVOKE that waits on a lock fails
+    and is retried instead of queueing behind it on a production primary), and a worker holds
+    at most `max_connections` per instance: a mass expiry queues here, not on the server.
+    """
+    loop = asyncio.get_running_loop()
+    limits = _LIMITS.setdefault(loop, {})
+    limit = limits.setdefault(target.instance, asyncio.Semaphore(target.max_connections))
+    options = (
+        f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
+    )
+    dsn = dsn_of(target)
+    if dbname:
+        dsn = make_conninfo(dsn, dbname=dbname)
+    async with limit:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                dsn,
+                autocommit=True,
+                connect_timeout=target.connect_timeout,
+                application_name=application_name,
+                options=options,
+            )
+        except psycopg.OperationalError as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InstanceUnavailable(f"cannot connect to instance {target.instance!r}: {first_line}") from e
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+def grantor_oid(grantor: str | None) -> sql.Composable:
+    """The grantor PostgreSQL records for rolecall's GRANTs, as an SQL expression.
+
+    With a dedicated grantor (GRANTED BY) it is that role. Without one it is the admin login,
+    except that 16+ records a superuser's grant as made by the bootstrap superuser (oid 10).
+    """
+    if grantor:
+        return sql.SQL("(SELECT oid FROM pg_roles WHERE rolname = {})").format(sql.Literal(grantor))
+    return sql.SQL(
+        "(SELECT CASE WHEN rolsuper AND current_setting('server_version_num')::int >= 160000 "
+        "THEN 10::oid ELSE oid END FROM pg_roles WHERE rolname = current_user)"
+    )
+
+
+async def check_login(conn: Conn, login: str, requester: str, instance: str) -> None:
+    """The login a request maps to must be one person's: a LOGIN role that no one is a member of.
+
+    A group role would hand the lent role to every member, and ending "its" sessions would end
+    nobody's.
+    """
+    cur = await conn.execute(
+        """SELECT r.rolcanlogin,
+                  ARRAY(SELECT u.rolname::text FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+                        WHERE m.roleid = r.oid ORDER BY 1 LIMIT 4)
+           FROM pg_roles r WHERE r.rolname = %s""",
+        [login],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"database login {login!r} (for {requester}) does not exist on instance {instance!r}")
+    can_login, members = bool(row[0]), [str(m) for m in row[1]]  # type: ignore[attr-defined]
+    if members:
+        shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
+        raise BadRequest(
+            f"database login {login!r} (for {requester}) on instance {instance!r} is a group role with "
+            f"members ({shown}): a grant to it would reach every member"
+        )
+    if not can_login:
+        raise BadRequest(
+            f"database login {login!r} (for {requester}) on instance {instance!r} is not a LOGIN role: "
+            "rolecall lends roles to people's own logins"
+        )
+
 
 # Every role the target contains, directly or not: a member can reach all of them.
 _CONTAINED = """
@@ -123,6 +234,50 @@ class _Role:
     name: str
 
 
+# On 15 a member can SET ROLE to the lent role (and to every role it contains). Where one of
+# them may create objects, the member can create objects it owns, and through them grant
+# themselves access that outlives the revoke. 16 grants WITH SET FALSE, so this is 15's alone.
+_CREATE_RIGHTS = """
+SELECT r.rolname, x.what FROM (
+    SELECT a.grantee, 'CREATE on schema ' || quote_ident(n.nspname) AS what
+      FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.privilege_type = 'CREATE'
+  UNION ALL
+    SELECT a.grantee, 'CREATE on database ' || quote_ident(d.datname)
+      FROM pg_database d, aclexplode(d.datacl) a WHERE a.privilege_type = 'CREATE'
+  UNION ALL
+    SELECT oid, 'CREATEDB' FROM pg_roles WHERE rolcreatedb
+) x JOIN pg_roles r ON r.oid = x.grantee
+WHERE x.grantee = ANY(%(oids)s)
+ORDER BY 1, 2
+LIMIT 1
+"""
+
+# What the roles own, named; objects in other databases can only be counted from here.
+_OWNED_LIST = """
+SELECT CASE WHEN d.datname IS NULL OR d.datname = current_database()
+            THEN (pg_identify_object(s.classid, s.objid, s.objsubid)).type || ' '
+                 || (pg_identify_object(s.classid, s.objid, s.objsubid)).identity
+            ELSE 'object ' || s.objid || ' (' || s.classid::regclass || ') in database '
+                 || quote_ident(d.datname)
+       END
+FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
+WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o' AND s.refobjid = ANY(%(oids)s)
+ORDER BY 1
+LIMIT 200
+"""
+
+
+async def contained_oids(conn: Conn, role: str) -> list[int]:
+    cur = await conn.execute(_CONTAINED, {"role": role})
+    return [int(str(row[0])) for row in await cur.fetchall()]
+
+
+async def owned_objects(conn: Conn, role: str) -> list[str]:
+    """Objects owned by the role or a role it contains (at most 200, sorted)."""
+    cur = await conn.execute(_OWNED_LIST, {"oids": await contained_oids(conn, role)})
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
 def _via(path: list[str]) -> str:
     """`through "a" -> "b"` when the risky role is not the requested one."""
     if len(path) <= 1:
@@ -189,4 +344,16 @@ async def assert_safe_role(
         if not exempt:
             raise DangerousRole(msg)
         warnings.append(msg)
+    if conn.info.server_version < 160000:
+        cur = await conn.execute(_CREATE_RIGHTS, {"oids": oids})
+        creates = await cur.fetchone()
+        if creates:
+            holder, what = str(creates[0]), str(creates[1])
+            msg = (
+                f'role "{holder}" has {what}: on PostgreSQL 15 a member can SET ROLE to it and create '
+                "objects it owns, which outlive the revoke"
+            )
+            if not exempt:
+                raise DangerousRole(msg)
+            warnings.append(msg)
     return warnings

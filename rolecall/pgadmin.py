@@ -17,7 +17,7 @@ import psycopg
 
 from rolecall.config import Instance
 from rolecall.errors import DangerousRole, InstanceUnavailable
-from rolecall.pg import assert_safe_role
+from rolecall.pg import Conn, assert_safe_role, connect
 
 DEFAULT_LOGIN = "rolecall_admin"
 
@@ -41,13 +41,17 @@ def signal_sql(login: str, version: int) -> str:
 
 def setup_sql(instance: Instance, roles: list[str], version: int, login: str = DEFAULT_LOGIN) -> str:
     """The SQL a superuser runs once to create rolecall's login for this instance."""
+    # Two workers (a rolling deploy) plus doctor and a reconcile sweep, never more.
+    connection_limit = 2 * instance.max_connections + 2
     major = version // 10000
     lines = [
         f"-- rolecall's admin login for instance {instance.name!r} on PostgreSQL {major}.",
         "-- Run once as a superuser (or a role with ADMIN on each role below).",
         f"-- Then set its password or your usual authentication, and put its DSN in ${instance.dsn_env}.",
         "",
-        f"CREATE ROLE {_q(login)} LOGIN NOINHERIT;",
+        "-- CONNECTION LIMIT: each worker holds at most max_connections (default 5) at once;",
+        "-- raise it with the number of workers.",
+        f"CREATE ROLE {_q(login)} LOGIN NOINHERIT CONNECTION LIMIT {connection_limit};",
         "",
     ]
     if major >= 16:
@@ -116,46 +120,46 @@ async def doctor(instance: Instance) -> Report:
     """Can rolecall grant, revoke and end sessions for every requestable role? And the fix."""
     report = Report(instance=instance.name)
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            instance.dsn(), autocommit=True, connect_timeout=instance.connect_timeout
-        )
-    except psycopg.OperationalError as e:
+        async with connect(instance.target(), "rolecall-doctor") as conn:
+            await _doctor(conn, instance, report)
+    except InstanceUnavailable as e:
         report.findings.append(
-            Finding("fail", "connection", str(e).strip().splitlines()[0],
+            Finding("fail", "connection", str(e).split(": ", 1)[-1],
                     f"check ${instance.dsn_env} and that the server is reachable")
         )  # fmt: skip
-        return report
-    async with conn:
-        version = report.version = conn.info.server_version
-        cur = await conn.execute(
-            "SELECT rolname, rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user"
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        login, is_super, createrole, inherits = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
-        report.login = login
-        if is_super:
-            report.findings.append(
-                Finding("warn", login, "is a superuser: it works, but it can do anything",
-                        f"use a least-privilege login: rolecall setup-sql --instance {instance.name}")
-            )  # fmt: skip
-        elif createrole and version < 160000:
-            report.findings.append(
-                Finding("warn", login, "has CREATEROLE: on 15 that lets it grant any non-superuser "
-                        "role, including pg_execute_server_program",
-                        f"ALTER ROLE {_q(login)} NOCREATEROLE; and grant ADMIN OPTION per role")
-            )  # fmt: skip
-        roles = await requestable_roles(conn, instance)
-        for pattern in instance.roles:
-            if not set("*?[") & set(pattern) and pattern not in roles:
-                report.findings.append(
-                    Finding("fail", pattern, "is requestable but does not exist",
-                            f"CREATE ROLE {_q(pattern)} NOLOGIN; or remove it from the config")
-                )  # fmt: skip
-        for role in roles:
-            report.findings.extend(await _check_role(conn, instance, role, login, is_super, inherits))
-        report.findings.append(await _check_signal(conn, login, is_super, version))
     return report
+
+
+async def _doctor(conn: Conn, instance: Instance, report: Report) -> None:
+    version = report.version = conn.info.server_version
+    cur = await conn.execute(
+        "SELECT rolname, rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    login, is_super, createrole, inherits = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+    report.login = login
+    if is_super:
+        report.findings.append(
+            Finding("warn", login, "is a superuser: it works, but it can do anything",
+                    f"use a least-privilege login: rolecall setup-sql --instance {instance.name}")
+        )  # fmt: skip
+    elif createrole and version < 160000:
+        report.findings.append(
+            Finding("warn", login, "has CREATEROLE: on 15 that lets it grant any non-superuser "
+                    "role, including pg_execute_server_program",
+                    f"ALTER ROLE {_q(login)} NOCREATEROLE; and grant ADMIN OPTION per role")
+        )  # fmt: skip
+    roles = await requestable_roles(conn, instance)
+    for pattern in instance.roles:
+        if not set("*?[") & set(pattern) and pattern not in roles:
+            report.findings.append(
+                Finding("fail", pattern, "is requestable but does not exist",
+                        f"CREATE ROLE {_q(pattern)} NOLOGIN; or remove it from the config")
+            )  # fmt: skip
+    for role in roles:
+        report.findings.extend(await _check_role(conn, instance, role, login, is_super, inherits))
+    report.findings.append(await _check_signal(conn, login, is_super, version))
 
 
 async def _check_role(
@@ -215,12 +219,9 @@ async def _check_signal(
 
 async def server_version(instance: Instance) -> tuple[int, list[str]]:
     try:
-        async with await psycopg.AsyncConnection.connect(
-            instance.dsn(), autocommit=True, connect_timeout=instance.connect_timeout
-        ) as conn:
+        async with connect(instance.target(), "rolecall-setup-sql") as conn:
             return conn.info.server_version, await requestable_roles(conn, instance)
-    except psycopg.OperationalError as e:
+    except InstanceUnavailable as e:
         raise InstanceUnavailable(
-            f"cannot connect to instance {instance.name!r} to read its version and roles "
-            f"({str(e).strip().splitlines()[0]}); pass --server-version and --role instead"
+            f"{e} (to read its version and roles); pass --server-version and --role instead"
         ) from None

@@ -537,16 +537,18 @@ def home_view(
 def reconcile_message(report: ReconcileReport) -> tuple[str, list[Block]]:
     """What the reconciler revoked (or would), and what it found granted outside rolecall."""
     verb = "Would revoke" if report.dry_run else "Revoked"
-    done = report.orphans if report.dry_run else report.revoked
-    text = f"rolecall reconcile on {report.instance}: {len(done)} orphaned grant(s)"
-    lines = [f":broom: *Reconcile* on `{escape(report.instance)}`"]
+    done = report.stranded if report.dry_run else report.revoked
+    text = f"rolecall reconcile on {report.instance}: {len(done)} stranded grant(s)"
+    lines = [f":rotating_light: *Reconcile* on `{escape(report.instance)}`"]
     lines += [
-        f"• {verb} `{escape(m.role)}` from `{escape(m.member)}`: no open request stands behind it"
-        for m in done[:20]
+        f"• {verb} `{escape(g.role)}` from `{escape(g.login)}`: request `{escape(g.request_id)}` "
+        f"({escape(g.execution)}) expired {slack_date(g.expires_at)} and never proved its revoke"
+        for g in done[:20]
     ]
     lines += [f"• :warning: {escape(e)}" for e in report.errors[:10]]
     blocks: list[Block] = [section("\n".join(lines))]
-    if report.foreign:
-        held = ", ".join(f"`{escape(m.role)}` → `{escape(m.member)}`" for m in report.foreign[:10])
-        blocks.append(context(f"Granted outside rolecall (left alone): {held}"))
+    outside = [*report.unproven, *report.foreign]
+    if outside:
+        held = ", ".join(f"`{escape(m.role)}` → `{escape(m.member)}`" for m in outside[:10])
+        blocks.append(context(f"Granted outside rolecall's requests (left alone): {held}"))
     return text, blocks

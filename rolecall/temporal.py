@@ -18,7 +18,19 @@ ROLE = SearchAttributeKey.for_keyword("RolecallRole")
 STATE = SearchAttributeKey.for_keyword("RolecallState")
 # Set when the decision is made: true when the on-call check approved the request.
 AUTO_APPROVED = SearchAttributeKey.for_bool("RolecallAutoApproved")
-SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [REQUESTER, INSTANCE, ROLE, STATE, AUTO_APPROVED]
+# The ledger: the database login, and while rolecall may hold a grant, until when. Removed
+# once the revoke is proven, so `RolecallExpiresAt < now` lists grants that overstayed.
+LOGIN = SearchAttributeKey.for_keyword("RolecallLogin")
+EXPIRES_AT = SearchAttributeKey.for_datetime("RolecallExpiresAt")
+SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [
+    REQUESTER,
+    INSTANCE,
+    ROLE,
+    STATE,
+    AUTO_APPROVED,
+    LOGIN,
+    EXPIRES_AT,
+]
 
 
 def dev_server_flags() -> list[str]:
@@ -32,6 +44,7 @@ def dev_server_flags() -> list[str]:
 _DEV_SERVER_TYPES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",
     SearchAttributeIndexedValueType.BOOL: "Bool",
+    SearchAttributeIndexedValueType.DATETIME: "Datetime",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio import workflow
@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeResult,
     )
     from rolecall.policy import label, refusal
-    from rolecall.temporal import AUTO_APPROVED, INSTANCE, REQUESTER, ROLE, STATE
+    from rolecall.temporal import AUTO_APPROVED, EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, STATE
 
 DecisionKind = Literal["approve", "deny", "cancel"]
 
@@ -94,6 +94,10 @@ class AccessRequestWorkflow:
         self._messages: dict[str, MessageRef] = {}
         self._notify_tail: asyncio.Task[None] | None = None
         self._observed: set[str] = set()  # metrics already recorded (rolecall.metrics)
+        # The ledger (RolecallExpiresAt): until when rolecall may hold a grant for this request.
+        # Set before the first GRANT can run, removed once the revoke is proven or no grant
+        # happened; the reconciler revokes what stays past it.
+        self._held_until: datetime | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class AccessRequestWorkflow:
                     f" (asked for {format_duration(check.duration)})",
                 ]
             self._decision = "approve"
+            self._may_hold(policy)
             self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
         else:
             self._set_state(RequestState.PENDING, "waiting for an approver")
@@ -159,6 +164,7 @@ class AccessRequestWorkflow:
         if self._decision == "cancel":
             return await self._finish(RequestState.CANCELLED, "cancelled")
         if not s.auto_approved:
+            self._may_hold(policy)
             self._set_state(RequestState.APPROVED, f"approved by {s.decided_by}, granting")
         if s.auto_approved or not workflow.patched("approval-told-with-grant"):
             # A person's approval is told with the grant (or its failure) a moment later;
@@ -169,11 +175,14 @@ class AccessRequestWorkflow:
     async def _grant_then_revoke(self, policy: Policy) -> RequestStatus:
         s = self._status
         assert s.db_user is not None and s.duration is not None
-        grant = GrantInput(request_id=s.id, instance=s.instance, role=s.role, db_user=s.db_user)
+        grant = GrantInput(
+            request_id=s.id, instance=s.instance, role=s.role, db_user=s.db_user, target=policy.target
+        )
         grant_retry = RetryPolicy(
             maximum_interval=timedelta(seconds=15), non_retryable_error_types=NON_RETRYABLE
         )
         grant_attempted = False
+        owned: list[str] | None = None
         try:
             prep = await workflow.execute_activity_method(
                 PostgresActivities.prepare_grant,
@@ -184,9 +193,11 @@ class AccessRequestWorkflow:
                 retry_policy=grant_retry,
             )
             s.pre_existing = prep.pre_existing
-            if not prep.pre_existing:
+            if prep.pre_existing:
+                self._held_until = None  # rolecall grants nothing, so holds nothing
+            else:
                 grant_attempted = True
-                await workflow.execute_activity_method(
+                granted = await workflow.execute_activity_method(
                     PostgresActivities.grant_role,
                     grant,
                     heartbeat_timeout=_DB_HEARTBEAT,
@@ -194,6 +205,8 @@ class AccessRequestWorkflow:
                     schedule_to_close_timeout=policy.grant_timeout,
                     retry_policy=grant_retry,
                 )
+                owned = granted.owned
+                s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
         except ActivityError as e:
             s.error, s.error_type = failure_reason(e)
             s.error = f"grant failed: {s.error}"
@@ -202,13 +215,17 @@ class AccessRequestWorkflow:
                 # now, and the workflow stays open until a revoke has made sure nothing stays.
                 self._set_state(RequestState.FAILED, f"{s.error}; making sure nothing stays")
                 self._notify("failed")
-                await self._revoke(policy)
+                await self._revoke(policy, None)
                 s.revoked_at = workflow.now()
+                self._held_until = None
                 return await self._finish(RequestState.FAILED, None)
+            self._held_until = None
             return await self._finish(RequestState.FAILED, "failed")
 
         s.granted_at = workflow.now()
         s.expires_at = s.granted_at + s.duration
+        if self._held_until is not None:
+            self._held_until = s.expires_at
         self._set_state(RequestState.GRANTED, f"granted until {s.expires_at:%Y-%m-%d %H:%M:%S} UTC")
         self._notify("granted")
         final = RequestState.EXPIRED
@@ -226,14 +243,23 @@ class AccessRequestWorkflow:
             s.decision_reason = "workflow cancelled by an operator"
             final = RequestState.RELINQUISHED
         self._set_state(RequestState.REVOKING, f"{label(final)}, revoking")
-        result = await self._revoke(policy)
+        result = await self._revoke(policy, owned)
         s.revoked_at = workflow.now()
+        self._held_until = None
         if result.note:
             s.warnings = [*s.warnings, result.note]
+        if result.new_objects:
+            s.new_objects = result.new_objects
+            s.warnings = [
+                *s.warnings,
+                f"role {s.role!r} came to own objects while it was lent (not dropped): "
+                + ", ".join(result.new_objects[:5])
+                + (f" and {len(result.new_objects) - 5} more" if len(result.new_objects) > 5 else ""),
+            ]
         event: NotificationEvent = "expired" if final == RequestState.EXPIRED else "relinquished"
         return await self._finish(final, event)
 
-    async def _revoke(self, policy: Policy) -> RevokeResult:
+    async def _revoke(self, policy: Policy, owned_at_grant: list[str] | None) -> RevokeResult:
         """Retry until PostgreSQL confirms the access is gone; alert, but never give up."""
         s = self._status
         assert s.db_user is not None
@@ -244,7 +270,8 @@ class AccessRequestWorkflow:
             db_user=s.db_user,
             terminate_sessions=policy.terminate_sessions,
             pre_existing=s.pre_existing,
-            alert_after=policy.revoke_alert_after,
+            target=policy.target,
+            owned_at_grant=owned_at_grant,
         )
         max_attempts = policy.revoke_alert_after
         while True:
@@ -267,6 +294,12 @@ class AccessRequestWorkflow:
                 if max_attempts == 0:
                     await workflow.sleep(_REVOKE_PAUSE_AFTER_NON_RETRYABLE)
                 max_attempts = 0
+
+    def _may_hold(self, policy: Policy) -> None:
+        """From here a GRANT may commit: the ledger holds the latest the grant could end."""
+        s = self._status
+        assert s.duration is not None
+        self._held_until = workflow.now() + policy.grant_timeout + s.duration
 
     async def _expand_groups(self, policy: Policy) -> list[str]:
         """Members of the approver groups join the approvers; a failure leaves the listed ones."""
@@ -325,6 +358,11 @@ class AccessRequestWorkflow:
         # Histories from before RolecallAutoApproved existed replay without it (no marker).
         if workflow.patched("auto-approved-search-attribute") and s.decided_at is not None:
             attributes.append(AUTO_APPROVED.value_set(s.auto_approved))
+        if workflow.patched("ledger-search-attributes"):
+            if s.db_user is not None:
+                attributes.append(LOGIN.value_set(s.db_user))
+            held = self._held_until
+            attributes.append(EXPIRES_AT.value_set(held) if held is not None else EXPIRES_AT.value_unset())
         workflow.upsert_search_attributes(attributes)
         observe(s, self._observed)
         workflow.set_current_details(

@@ -20,6 +20,7 @@ from activities.temporal import TemporalActivities
 from rolecall.config import ConfigStore, Settings
 from rolecall.logs import setup_logging
 from rolecall.metrics import MetricsInterceptor, prometheus_runtime, report_open_grants
+from rolecall.pg import close_idle
 from rolecall.schedules import ensure_reconcile_schedules
 from rolecall.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
@@ -110,6 +111,7 @@ async def run(settings: Settings | None = None) -> None:
         log.info("worker stopping")
         if runtime is not None:
             reporter.cancel()
+    await close_idle()  # the activities' reused database connections
 
 
 if __name__ == "__main__":

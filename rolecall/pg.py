@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psycopg
 from psycopg import sql
@@ -24,8 +26,23 @@ from rolecall.models import Target
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
-# Per event loop (the CLI runs its own), per instance: at most max_connections at once.
-_LIMITS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+# Reused connections: one idle connection is kept per slot, for at most this long. Past a
+# short idle time a reused connection is pinged first, so a restarted server costs nothing.
+_IDLE_MAX = 300.0
+_PING_AFTER = 2.0
+
+
+@dataclass
+class _Slots:
+    """At most `size` connections to one instance from this process: in use plus idle."""
+
+    size: int
+    limit: asyncio.Semaphore
+    idle: list[tuple[float, Conn]] = field(default_factory=list)
+
+
+# Per event loop (the CLI runs its own), per instance and DSN.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Slots]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -39,45 +56,89 @@ def dsn_of(target: Target) -> str:
     return value
 
 
-def _ms(value: object) -> int:
-    return max(1, int(value.total_seconds() * 1000))  # type: ignore[attr-defined]
+def _ms(value: timedelta) -> int:
+    return max(1, int(value.total_seconds() * 1000))
+
+
+async def _open(target: Target, dsn: str, application_name: str) -> Conn:
+    options = (
+        f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
+    )
+    try:
+        return await psycopg.AsyncConnection.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=target.connect_timeout,
+            application_name=application_name,
+            options=options,
+        )
+    except psycopg.OperationalError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InstanceUnavailable(f"cannot connect to instance {target.instance!r}: {first_line}") from e
+
+
+async def _reusable(slots: _Slots) -> Conn | None:
+    while slots.idle:
+        since, conn = slots.idle.pop()
+        idle = time.monotonic() - since
+        if idle > _IDLE_MAX or conn.closed:
+            await conn.close()
+            continue
+        if idle > _PING_AFTER:
+            try:
+                await conn.execute("SELECT 1")
+            except psycopg.Error:
+                await conn.close()
+                continue
+        return conn
+    return None
 
 
 @asynccontextmanager
 async def connect(
-    target: Target, application_name: str = "rolecall", dbname: str | None = None
+    target: Target, application_name: str = "rolecall", dbname: str | None = None, reuse: bool = True
 ) -> AsyncIterator[Conn]:
     """The one way rolecall opens a connection to an instance.
 
     Every session sets lock_timeout and statement_timeout (a REVOKE that waits on a lock fails
-    and is retried instead of queueing behind it on a production primary), and a worker holds
-    at most `max_connections` per instance: a mass expiry queues here, not on the server.
+    and is retried instead of queueing behind it on a production primary), and a process holds
+    at most `max_connections` per instance, in use or idle: a mass expiry queues here, not on
+    the server, and reuses its connections. A connection that saw an error is never reused.
     """
-    loop = asyncio.get_running_loop()
-    limits = _LIMITS.setdefault(loop, {})
-    limit = limits.setdefault(target.instance, asyncio.Semaphore(target.max_connections))
-    options = (
-        f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
-    )
     dsn = dsn_of(target)
     if dbname:
         dsn = make_conninfo(dsn, dbname=dbname)
-    async with limit:
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                dsn,
-                autocommit=True,
-                connect_timeout=target.connect_timeout,
-                application_name=application_name,
-                options=options,
-            )
-        except psycopg.OperationalError as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InstanceUnavailable(f"cannot connect to instance {target.instance!r}: {first_line}") from e
+    if not reuse:
+        conn = await _open(target, dsn, application_name)
         try:
             yield conn
         finally:
             await conn.close()
+        return
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    slots = pools.get((target.instance, dsn))
+    if slots is None or slots.size != target.max_connections:
+        slots = pools[(target.instance, dsn)] = _Slots(
+            target.max_connections, asyncio.Semaphore(target.max_connections)
+        )
+    async with slots.limit:
+        conn = await _reusable(slots) or await _open(target, dsn, application_name)
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raise
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.close()
+        else:
+            slots.idle.append((time.monotonic(), conn))
+
+
+async def close_idle() -> None:
+    """Close this event loop's idle connections (worker shutdown)."""
+    for slots in _POOLS.pop(asyncio.get_running_loop(), {}).values():
+        while slots.idle:
+            await slots.idle.pop()[1].close()
 
 
 def grantor_oid(grantor: str | None) -> sql.Composable:

@@ -120,7 +120,7 @@ async def doctor(instance: Instance) -> Report:
     """Can rolecall grant, revoke and end sessions for every requestable role? And the fix."""
     report = Report(instance=instance.name)
     try:
-        async with connect(instance.target(), "rolecall-doctor") as conn:
+        async with connect(instance.target(), "rolecall-doctor", reuse=False) as conn:
             await _doctor(conn, instance, report)
     except InstanceUnavailable as e:
         report.findings.append(
@@ -219,7 +219,7 @@ async def _check_signal(
 
 async def server_version(instance: Instance) -> tuple[int, list[str]]:
     try:
-        async with connect(instance.target(), "rolecall-setup-sql") as conn:
+        async with connect(instance.target(), "rolecall-setup-sql", reuse=False) as conn:
             return conn.info.server_version, await requestable_roles(conn, instance)
     except InstanceUnavailable as e:
         raise InstanceUnavailable(

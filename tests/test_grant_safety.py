@@ -68,8 +68,8 @@ async def test_group_and_nologin_mappings_are_refused_before_anything_starts(
     )
     assert r.code == 2
     assert r.err.strip().splitlines() == [
-        f"rolecall: error: database login '{group}' (for {group}@example.com) on instance 'pg' is a group role "
-        f"with members ({member}): a grant to it would reach every member"
+        f"rolecall: error: database login '{group}' (for {group}@example.com) on instance 'pg' is a "
+        f"group role with members ({member}): a grant to it would reach every member"
     ]
     r = await stack.cli(
         "request", "--instance", "pg", "--role", role, "--duration", "1h", "--as", f"{nologin}@example.com"
@@ -114,8 +114,8 @@ async def test_pg15_refuses_roles_that_may_create_objects(make_stack, roles: Rol
     if pg.version < 160000:
         assert r.code == 2
         assert r.err.strip() == (
-            f'rolecall: error: role "{role}" has CREATE on schema {schema}: on PostgreSQL 15 a member can SET '
-            "ROLE to it and create objects it owns, which outlive the revoke"
+            f'rolecall: error: role "{role}" has CREATE on schema {schema}: on PostgreSQL 15 a member '
+            "can SET ROLE to it and create objects it owns, which outlive the revoke"
         )
         lenient = await make_stack([role], unsafe_allowed=[role])
         r = await lenient.cli(

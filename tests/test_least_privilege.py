@@ -165,6 +165,8 @@ async def test_admin_losing_its_privilege_alerts_and_never_reports_success(
         with pytest.raises(psycopg.errors.DependentObjectsStillExist):
             pg.execute(sql.SQL("REVOKE {} FROM {}").format(_ident(role), _ident(admin)))
         pg.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(_ident(admin)))
+        # As a DBA disabling a login would: its open sessions (rolecall reuses connections) too.
+        pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [admin])
     else:
         pg.execute(sql.SQL("REVOKE {} FROM {}").format(_ident(role), _ident(admin)))
     await stack.cli("relinquish", rid, "--as", f"{login}@example.com")

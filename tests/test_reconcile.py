@@ -88,7 +88,7 @@ async def test_hand_made_memberships_survive_reconcile_with_their_sessions(
     r = await stack.cli("reconcile", "--instance", "pg", "--dry-run")
     assert r.code == 0, r.err
     assert "would revoke" not in r.out
-    assert f"reconcile pg: 0 stranded grant(s)" in r.out
+    assert "reconcile pg: 0 stranded grant(s)" in r.out
     for login in (svc, person):
         assert f"{role} held by {login}, granted by" in r.out
     assert "(left alone)" in r.out
@@ -201,9 +201,7 @@ async def test_a_request_whose_tasks_keep_failing_is_revoked(make_stack, roles: 
         await stack.client.get_workflow_handle(rid).terminate(reason="test over")
 
 
-async def test_schedule_created_idempotently_and_sweeps_stranded_grants(
-    make_stack, roles: Roles, pg
-) -> None:
+async def test_schedule_created_idempotently_and_sweeps_stranded_grants(make_stack, roles: Roles, pg) -> None:
     role, alice = roles.role(), roles.login()
     stack = await make_stack([role], sections=GRACE)
     config = load(stack.config_path)

@@ -156,7 +156,7 @@ async def run(settings: Settings | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, stop, sig, in_flight)
+        loop.add_signal_handler(sig, stop.set)
     async with worker, asyncio.TaskGroup() as background:
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_bind)
@@ -188,21 +188,6 @@ async def run(settings: Settings | None = None) -> None:
         time.monotonic() - stopping_since,
         _ended(in_flight.ended, settings.graceful_shutdown),
     )
-
-
-def _on_signal(stop: asyncio.Event, sig: signal.Signals, in_flight: InFlight) -> None:
-    """The first signal stops gracefully; a second one (Ctrl-C again) means now."""
-    if not stop.is_set():
-        stop.set()
-        return
-    log.warning(
-        "worker stopping now (second %s): abandoning %s; Temporal retries them on another worker",
-        sig.name,
-        in_flight.describe(),
-    )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(128 + sig)
 
 
 def _ended(ended: Counter[str], limit: timedelta) -> str:

@@ -204,46 +204,6 @@ async def test_revoke_held_past_the_graceful_timeout_is_finished_by_the_next_wor
         await proxy.stop()
 
 
-async def test_a_second_signal_stops_at_once(make_stack, roles: Roles, pg, tmp_path: Path) -> None:
-    """SIGTERM, then Ctrl-C (SIGINT) while the REVOKE is held: the person means now.
-
-    Bound: exit 130 within 5 s of the second signal, the REVOKE not run; a worker started
-    then revokes once the abandoned attempt's 10 s heartbeat timeout has passed, no later
-    than expiry + 5 s + 10 s + 15 s.
-    """
-    role, login = roles.role(), roles.login()
-    proxy = HoldingProxy(pg.dsn)
-    await proxy.start()
-    stack = await make_stack([role], dsn=proxy.dsn, worker=False, connect_timeout=2)
-    first = start_worker(stack, tmp_path, ROLECALL_GRACEFUL_SHUTDOWN="30s")
-    second: WorkerProcess | None = None
-    try:
-        await first.ready()
-        rid = await granted_and_revoke_held(stack, proxy, login, role)
-        first.proc.send_signal(signal.SIGTERM)
-        await eventually(lambda: logged(first, "worker stopping"), 10, "the stopping line")
-        first.proc.send_signal(signal.SIGINT)
-        assert await exit_code(first, 5) == 128 + signal.SIGINT
-        assert logged(
-            first, "worker stopping now (second SIGINT): abandoning 1 in-flight activity (revoke_role)"
-        ), first.lines()[-3:]
-        assert pg.is_member(login, role)
-
-        proxy.release(forward=False)
-        second = start_worker(stack, tmp_path)
-        final = await stack.wait_state(rid, RequestState.EXPIRED, timeout=HEARTBEAT_TIMEOUT + 20)
-        attempts = await revoke_attempts(stack, rid)
-        assert [n for n, _ in attempts.started] == [2], attempts
-        bound = timedelta(seconds=5 + HEARTBEAT_TIMEOUT + 15)
-        await assert_no_grant_left_behind(stack.client, pg, final, login, role, bound)
-    finally:
-        first.kill()
-        if second is not None:
-            second.stop()
-        proxy.release(forward=False)
-        await proxy.stop()
-
-
 @pytest.mark.parametrize("command", [["-m", "rolecall.cli", "worker"], ["worker.py"]])
 def test_a_bad_graceful_shutdown_stops_the_worker_at_start(command: list[str], tmp_path: Path) -> None:
     """One line naming the variable, exit 2, before anything is connected to."""

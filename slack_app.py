@@ -31,7 +31,7 @@ from temporalio.client import Client
 from activities.slack import web_client as make_web_client
 from rolecall import operations
 from rolecall import slack_blocks as kit
-from rolecall.config import ConfigStore, Instance, Settings
+from rolecall.config import ConfigStore, Instance, Settings, load_settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
 from rolecall.logs import setup_logging
@@ -501,7 +501,7 @@ def main() -> int:
         print(f"rolecall: Slack is not configured: set {' and '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(Settings()))
+        asyncio.run(serve(load_settings()))
     except ConfigError as e:
         print(f"rolecall: {e}", file=sys.stderr)
         return 2

@@ -6,18 +6,25 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
+from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.notify import Notifier, NotifyActivities, no_approver_groups
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from activities.temporal import TemporalActivities
-from rolecall.config import ConfigStore, Settings
+from rolecall.config import GRACEFUL_SHUTDOWN, ConfigStore, Settings, load_settings
+from rolecall.durations import format_duration
+from rolecall.errors import ConfigError
 from rolecall.logs import setup_logging
 from rolecall.metrics import MetricsInterceptor, prometheus_runtime, report_open_grants
 from rolecall.pg import close_idle
@@ -29,16 +36,67 @@ from workflows.reconcile import ReconcileWorkflow
 log = logging.getLogger("rolecall.worker")
 
 
+class InFlight(Interceptor):
+    """The activities this process is running, so a stopping worker can say what it waits for."""
+
+    def __init__(self) -> None:
+        self.running: Counter[str] = Counter()
+        self.stopping = False
+        # How the activities still running at the stop ended: finished, failed or cut.
+        self.ended: Counter[str] = Counter()
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _Counted(next, self)
+
+    def describe(self) -> str:
+        """`2 in-flight activities (grant_role, revoke_role)`."""
+        total = sum(self.running.values())
+        if not total:
+            return "no in-flight activities"
+        names = ", ".join(sorted(self.running.elements()))
+        return f"{total} in-flight {'activity' if total == 1 else 'activities'} ({names})"
+
+
+class _Counted(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, counts: InFlight) -> None:
+        super().__init__(next)
+        self._counts = counts
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        name = activity.info().activity_type
+        self._counts.running[name] += 1
+        outcome = "cut"  # cancelled: at the end of the graceful period (or by the workflow)
+        try:
+            result = await super().execute_activity(input)
+            outcome = "finished"
+            return result
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            self._counts.running[name] -= 1
+            if not self._counts.running[name]:
+                del self._counts.running[name]
+            if self._counts.stopping:
+                self._counts.ended[outcome] += 1
+
+
 def build_worker(
     client: Client,
     config: ConfigStore,
     task_queue: str,
     notifier: Notifier | None = None,
     slack_client: AsyncWebClient | None = None,
+    *,
+    graceful_shutdown: timedelta = GRACEFUL_SHUTDOWN,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
     """The worker with every workflow and activity registered; tests build theirs here too.
 
     With a Slack client, notifications go to Slack and approver groups are looked up there.
+    At shutdown the worker stops polling at once and gives the activities it is running
+    `graceful_shutdown` to finish (their heartbeats keep flowing meanwhile); only then are
+    they cancelled, and Temporal retries them on another worker.
     """
     postgres = PostgresActivities(config)
     pagerduty = PagerDutyActivities(config)
@@ -53,7 +111,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        interceptors=[MetricsInterceptor()],
+        interceptors=[MetricsInterceptor(), *interceptors],
+        graceful_shutdown_timeout=graceful_shutdown,
         workflows=[AccessRequestWorkflow, ReconcileWorkflow],
         activities=[
             postgres.check_request,
@@ -71,8 +130,8 @@ def build_worker(
 
 
 async def run(settings: Settings | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then finish in-flight activities and stop."""
-    settings = settings or Settings()
+    """Run until SIGINT/SIGTERM, then let in-flight activities finish (bounded) and stop."""
+    settings = settings or load_settings()
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
     # Metrics: the SDK's and rolecall's, from every client and worker built on this runtime.
     runtime = prometheus_runtime(settings.metrics_bind) if settings.metrics_bind else None
@@ -85,7 +144,15 @@ async def run(settings: Settings | None = None) -> None:
             os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None
         )
         log.info("notifications go to Slack")
-    worker = build_worker(client, config, settings.task_queue, slack_client=slack_client)
+    in_flight = InFlight()
+    worker = build_worker(
+        client,
+        config,
+        settings.task_queue,
+        slack_client=slack_client,
+        graceful_shutdown=settings.graceful_shutdown,
+        interceptors=[in_flight],
+    )
     await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,12 +175,45 @@ async def run(settings: Settings | None = None) -> None:
             ", ".join(sorted(config.get().instances)),
         )
         await stop.wait()
-        log.info("worker stopping")
+        stopping_since = time.monotonic()
+        in_flight.stopping = True
+        log.info(
+            "worker stopping: no new tasks; waiting up to %s for %s",
+            format_duration(settings.graceful_shutdown),
+            in_flight.describe(),
+        )
         if runtime is not None:
             reporter.cancel()
     await close_idle()  # the activities' reused database connections
+    log.info(
+        "worker stopped after %.1fs: %s",
+        time.monotonic() - stopping_since,
+        _ended(in_flight.ended, settings.graceful_shutdown),
+    )
+
+
+def _ended(ended: Counter[str], limit: timedelta) -> str:
+    if not ended:
+        return "no activity was running"
+    parts = [f"{ended['finished']} finished"] if ended["finished"] else []
+    if ended["failed"]:
+        parts.append(f"{ended['failed']} failed")
+    if ended["cut"]:
+        parts.append(
+            f"{ended['cut']} cancelled at the {format_duration(limit)} limit (Temporal retries them)"
+        )
+    return ", ".join(parts)
+
+
+def main() -> int:
+    setup_logging()
+    try:
+        asyncio.run(run())
+    except ConfigError as e:
+        print(f"rolecall: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    setup_logging()
-    asyncio.run(run())
+    sys.exit(main())

@@ -38,6 +38,9 @@ _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _GLOB_CHARS = set("*?[")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+# How long a stopping worker lets its in-flight grants and revokes finish before it cancels
+# them (they are then retried elsewhere). Keep the orchestrator's kill timeout above it.
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def _duration(value: Any) -> Any:
@@ -300,6 +303,19 @@ class Settings(BaseSettings):
     temporal_api_key: SecretStr | None = None
     metrics_bind: str | None = None
     log_format: str = "auto"
+    graceful_shutdown: Duration = GRACEFUL_SHUTDOWN
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment; ConfigError names the variable and what is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for item in e.errors():
+            name = "ROLECALL_" + "_".join(str(p) for p in item["loc"]).upper()
+            problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("; ".join(problems)) from None
 
 
 def _describe(error: ValidationError) -> str:

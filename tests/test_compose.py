@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from rolecall.cli import build_parser
-from rolecall.config import load
+from rolecall.config import load, load_settings
+from rolecall.durations import parse_duration
+from rolecall.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -27,6 +29,9 @@ DOCKERFILE = REPO / "Dockerfile"
 ONE_SHOTS = {"temporal-schema", "temporal-namespace", "rolecall-setup"}
 LONG_RUNNING = {"temporal-db", "temporal", "temporal-ui", "worker", "slack-app", "demo-db"}
 ROLECALL_SERVICES = {"worker", "slack-app", "rolecall-setup"}
+# Docker's SIGKILL must wait out the worker's graceful period plus psycopg's cancel of a
+# statement in flight (up to 10 s) and a little more: see docs/operations.md.
+STOP_MARGIN = 15
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR; "$$" is a literal $.
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_]\w*))")
@@ -147,6 +152,27 @@ def variable_problems(compose_text: str, example_text: str) -> list[str]:
         if error is not None and var in documented and not documented[var][1]:
             problems.append(f"{var} is required (:?) but commented out in .env.example")
     return problems
+
+
+def shutdown_problems(services: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The worker must be given longer to stop than it gives its in-flight activities."""
+    worker = services["worker"]
+    graceful = interpolate(_env(worker).get("ROLECALL_GRACEFUL_SHUTDOWN", ""), env)
+    if not graceful:
+        return ["worker: ROLECALL_GRACEFUL_SHUTDOWN is not set"]
+    try:
+        settings = load_settings(graceful_shutdown=graceful)
+    except ConfigError as e:
+        return [f"worker: {e}"]
+    if "stop_grace_period" not in worker:
+        return ["worker: no stop_grace_period (Docker's default of 10s cuts the graceful shutdown)"]
+    stop = parse_duration(interpolate(str(worker["stop_grace_period"]), env))
+    if stop.total_seconds() < settings.graceful_shutdown.total_seconds() + STOP_MARGIN:
+        return [
+            f"worker: stop_grace_period {stop} is not at least {STOP_MARGIN}s over "
+            f"ROLECALL_GRACEFUL_SHUTDOWN {settings.graceful_shutdown}"
+        ]
+    return []
 
 
 def secret_problems(services: dict[str, Any]) -> list[str]:
@@ -294,6 +320,15 @@ def test_start_order() -> None:
     assert waits("slack-app") == {"rolecall-setup": "service_completed_successfully"}
 
 
+def test_worker_stops_gracefully_before_docker_kills_it() -> None:
+    services = _compose()["services"]
+    assert shutdown_problems(services, _example_env()) == []
+    assert shutdown_problems(services, {}) == []  # the defaults written in the compose file
+    env = _env(services["worker"])
+    assert interpolate(env["ROLECALL_GRACEFUL_SHUTDOWN"], {}) == "30s"
+    assert interpolate(str(services["worker"]["stop_grace_period"]), {}) == "45s"
+
+
 def test_every_variable_is_in_env_example() -> None:
     assert variable_problems(_raw(), ENV_EXAMPLE.read_text(encoding="utf-8")) == []
     # The escaped ones are the container's own variables, not Compose's.
@@ -368,6 +403,18 @@ def test_checks_catch_mistakes() -> None:
     broken = copy.deepcopy(services)
     broken["slack-app"]["depends_on"] = {"temporal": {"condition": "service_completed_successfully"}}
     assert dependency_problems(broken) == ["slack-app: waits for long-running temporal to exit"]
+
+    assert shutdown_problems(services, {"ROLECALL_GRACEFUL_SHUTDOWN": "40s"}) == [
+        "worker: stop_grace_period 0:00:45 is not at least 15s over ROLECALL_GRACEFUL_SHUTDOWN 0:00:40"
+    ]
+    assert shutdown_problems(services, {"ROLECALL_GRACEFUL_SHUTDOWN": "30"}) == [
+        "worker: ROLECALL_GRACEFUL_SHUTDOWN: duration '30' is not understood: use e.g. 90s, 15m, 2h or 1h30m"
+    ]
+    broken = copy.deepcopy(services)
+    del broken["worker"]["stop_grace_period"]
+    assert shutdown_problems(broken, {}) == [
+        "worker: no stop_grace_period (Docker's default of 10s cuts the graceful shutdown)"
+    ]
 
     broken = copy.deepcopy(services)
     broken["worker"]["environment"]["SLACK_BOT_TOKEN"] = "xoxb-123"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,6 +36,7 @@ DEFAULT_CONFIG = "rolecall.toml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _GLOB_CHARS = set("*?[")
+_SLACK_ID = re.compile(r"^[TE][A-Z0-9]{2,31}$")
 
 
 def _duration(value: Any) -> Any:
@@ -236,6 +238,22 @@ class Settings(BaseSettings):
     temporal_api_key: SecretStr | None = None
     metrics_bind: str | None = None
     log_format: str = "auto"
+    # Whose people may act from Slack; unset: the workspace (and Grid organisation) of the
+    # bot token, from auth.test. Read from SLACK_TEAM_ID / SLACK_ENTERPRISE_ID.
+    slack_team_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_TEAM_ID", "slack_team_id")
+    )
+    slack_enterprise_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_ENTERPRISE_ID", "slack_enterprise_id")
+    )
+
+    @field_validator("slack_team_id", "slack_enterprise_id")
+    @classmethod
+    def _slack_id(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value and not _SLACK_ID.match(value):
+            raise ValueError(f"{value!r} is not a Slack team or enterprise ID (e.g. T0123ABCD, E0123ABCD)")
+        return value or None
 
 
 def _describe(error: ValidationError) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,10 @@ def suggestion(driver: SlackDriver, user: str) -> dict[str, Any]:
     return payload
 
 
+def reaches(count: Callable[[], int], n: int) -> Callable[[], bool]:
+    return lambda: count() == n
+
+
 async def pending_request(w: World) -> tuple[str, dict[str, Any]]:
     rid = await w.stack.request(w.login, w.role, "1h", "deploy hotfix")
     await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 15, "the approvers' message")
@@ -136,7 +141,7 @@ async def test_outsiders_are_told_and_nothing_happens(
         for answers, sub in enumerate(("request", "list"), start=1):
             r = await them.command(WHO, sub)
             assert r.status == 200 and r.text == "", r
-            await eventually(lambda n=answers: len(w.fake.responses) == n, 10, f"the answer to /p0 {sub}")
+            await eventually(reaches(lambda: len(w.fake.responses), answers), 10, f"the answer to /p0 {sub}")
             answer = w.fake.responses[-1][1]
             assert case.said in answer["text"] and answer["response_type"] == "ephemeral", answer
         assert not w.fake.calls_to("views.open")
@@ -146,7 +151,7 @@ async def test_outsiders_are_told_and_nothing_happens(
             r = await them.click(WHO, action, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
             assert r.status == 200 and r.text == ""
             count = 1 if action == kit.APPROVE else 2
-            await eventually(lambda n=count: len(w.ephemerals(WHO)) == n, 10, f"the answer to {action}")
+            await eventually(reaches(lambda: len(w.ephemerals(WHO)), count), 10, f"the answer to {action}")
             assert case.said in w.ephemerals(WHO)[-1]
         assert not w.fake.calls_to("views.open")  # no deny modal either
 

@@ -26,7 +26,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from pydantic import ValidationError
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
@@ -36,7 +35,7 @@ from temporalio.client import Client
 from activities.slack import web_client as make_web_client
 from rolecall import operations
 from rolecall import slack_blocks as kit
-from rolecall.config import ConfigStore, Instance, Settings
+from rolecall.config import ConfigStore, Instance, Settings, load_settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
 from rolecall.logs import setup_logging
@@ -532,13 +531,7 @@ def main() -> int:
         print(f"rolecall: Slack is not configured: set {' and '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        settings = Settings()
-    except ValidationError as e:
-        where = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
-        print(f"rolecall: {where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(load_settings()))
     except ConfigError as e:
         print(f"rolecall: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from typing import Any
 from temporalio.client import Client
 
 from rolecall import operations
-from rolecall.config import Settings
+from rolecall.config import Settings, load_settings
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import BadRequest, RolecallError
 from rolecall.logs import setup_logging
@@ -114,7 +114,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     ]:
         if getattr(args, arg, None):
             overrides[field] = getattr(args, arg)
-    return Settings(**overrides)
+    return load_settings(**overrides)
 
 
 def _print_status(s: RequestStatus) -> None:

@@ -295,6 +295,14 @@ class Settings(BaseSettings):
         return value or None
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; ConfigError names the variable and what is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(f"environment: {_describe(e)}") from None
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():

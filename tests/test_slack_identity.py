@@ -265,3 +265,19 @@ async def test_approver_groups_keep_only_full_members(make_stack, roles: Roles) 
         assert status.approvers == ["carol@example.com", "dba@example.com"]
         await w.stack.cli("cancel", rid, "--as", w.email)
         await w.stack.wait_state(rid, RequestState.CANCELLED)
+
+
+@pytest.mark.parametrize("var", ["SLACK_TEAM_ID", "SLACK_ENTERPRISE_ID"])
+def test_a_malformed_workspace_id_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    from rolecall.config import load_settings
+    from rolecall.errors import ConfigError
+
+    monkeypatch.setenv(var, "rolecall workspace")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert str(e.value) == (
+        f"environment: {var}: 'rolecall workspace' is not a Slack team or enterprise ID "
+        "(e.g. T0123ABCD, E0123ABCD)"
+    )
+    monkeypatch.setenv(var, "")  # compose passes unset variables as empty: the same as unset
+    assert load_settings().slack_team_id is None and load_settings().slack_enterprise_id is None

@@ -1,9 +1,12 @@
 """The Slack app (Bolt, asyncio): `/p0 request|list|help`, the buttons, the modals, App Home.
 
-Every listener acks first (Slack allows 3 s), then opens a modal if it has a trigger_id
-(valid ~3 s), then does slow work. Buttons carry only the request ID; who clicked is
-looked up (users.info -> email) and checked with `rolecall.policy.refusal` here for a
-clear ephemeral answer, and again in the workflow, which alone decides.
+Every request from Slack first passes `members_only` (a global middleware): only a full
+member of our workspace, with a visible email, gets to a listener (`rolecall.slack_identity`
+says who that is, from users.info cached for a minute); anyone else gets one clear line and
+nothing starts. Listeners then ack (Slack allows 3 s), open a modal if they have a
+trigger_id (valid ~3 s), then do slow work. Buttons carry only the request ID; the clicker's
+identity is checked with `rolecall.policy.refusal` here for a clear ephemeral answer, and
+again in the workflow, which alone decides.
 
 Run: `python slack_app.py` (or `python -m slack_app`). Socket Mode when SLACK_APP_TOKEN is
 set, else HTTP on `[slack].port` at /slack/events, checked with SLACK_SIGNING_SECRET.
@@ -18,12 +21,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
@@ -37,6 +41,7 @@ from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
 from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import DECISIONS, refusal
+from rolecall.slack_identity import NO_EMAIL, Identity, Refusal, SlackIdentity, Ttl, origin_of
 from rolecall.temporal import request_id
 
 log = logging.getLogger("rolecall.slack_app")
@@ -47,27 +52,8 @@ ROLE_LIST_TIMEOUT = 1.5
 # A status query waits for a worker; lists skip requests that do not answer in time.
 STATUS_TIMEOUT = 1.5
 ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
-NO_EMAIL = (
-    "rolecall identifies people by their email address, and Slack does not show yours to this app. "
-    "Ask a Slack admin to make profile emails visible (or check that the app has users:read.email)."
-)
-
-
-class _Ttl:
-    """A small time-limited cache (users' emails, instances' role lists)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._items: dict[str, tuple[float, Any]] = {}
-
-    def get(self, key: str) -> Any:
-        hit = self._items.get(key)
-        if hit and time.monotonic() - hit[0] < self.seconds:
-            return hit[1]
-        return None
-
-    def put(self, key: str, value: Any) -> None:
-        self._items[key] = (time.monotonic(), value)
+# Sub-commands that act for someone; the others only show the help text.
+ACTING_COMMANDS = ("request", "list")
 
 
 async def existing_roles(inst: Instance) -> list[str]:
@@ -94,6 +80,46 @@ def _value(values: dict[str, Any], block: str, action: str = "value") -> str:
     return str(item.get("value") or "")
 
 
+def _actor(body: dict[str, Any]) -> str | None:
+    """The Slack user a command, interaction or event is from (None: nobody acts)."""
+    user = body.get("user")
+    if isinstance(user, dict) and user.get("id"):
+        return str(user["id"])
+    if body.get("command") and body.get("user_id"):
+        return str(body["user_id"])
+    event = body.get("event")
+    if (
+        body.get("type") == "event_callback"
+        and isinstance(event, dict)
+        and isinstance(event.get("user"), str)
+    ):
+        return str(event["user"])
+    return None
+
+
+def _only_help(body: dict[str, Any]) -> bool:
+    """`/p0 help` (or a typo): shows the commands to anyone and acts for nobody."""
+    if not body.get("command"):
+        return False
+    words = str(body.get("text") or "").strip().split()
+    return (words[0].lower() if words else "help") not in ACTING_COMMANDS
+
+
+def _first_input(view: dict[str, Any]) -> str:
+    for block in view.get("blocks") or []:
+        if block.get("type") == "input" and block.get("block_id"):
+            return str(block["block_id"])
+    return next(iter((view.get("state") or {}).get("values") or {}), kit.B_INSTANCE)
+
+
+def _me(context: AsyncBoltContext) -> Identity:
+    """The identity `members_only` put in the context; a listener never runs without it."""
+    me = context.get("identity")
+    if not isinstance(me, Identity):
+        raise RuntimeError("a listener ran without members_only's identity")
+    return me
+
+
 def _error_block(err: RolecallError) -> str:
     msg = str(err).lower()
     if "duration" in msg:
@@ -110,6 +136,7 @@ def build_app(
     web_client: AsyncWebClient | None = None,
     *,
     signing_secret: str | None = None,
+    identity: SlackIdentity | None = None,
 ) -> AsyncApp:
     """The Bolt app with every listener; tests call this with a client pointed at a fake."""
     web = web_client or _client_from_env()
@@ -121,8 +148,8 @@ def build_app(
         process_before_response=False,
     )
     queue = settings.task_queue
-    emails = _Ttl(300)
-    role_cache = _Ttl(30)
+    identity = identity or SlackIdentity(web, settings.slack_team_id, settings.slack_enterprise_id)
+    role_cache = Ttl(30)
     background: set[asyncio.Task[Any]] = set()
 
     def later(coro: Awaitable[Any]) -> None:
@@ -136,20 +163,40 @@ def build_app(
         background.add(task)
         task.add_done_callback(background.discard)
 
-    async def who(user_id: str) -> tuple[str, str] | None:
-        """(email, display name) of a Slack user, or None without a visible email."""
-        hit = emails.get(user_id)
-        if hit:
-            return tuple(hit)
-        resp = await web.users_info(user=user_id)
-        user = resp["user"] or {}
-        email = (user.get("profile") or {}).get("email")
-        if not email or user.get("deleted") or user.get("is_bot"):
+    @app.middleware
+    async def members_only(
+        body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse | None:
+        """Only full members of our workspace reach a listener; the rest are told why."""
+        user_id = _actor(body)
+        if user_id is None or _only_help(body):
+            await next()
             return None
-        name = str(user.get("real_name") or (user.get("profile") or {}).get("real_name") or user.get("name"))
-        found = (str(email).strip().lower(), name)
-        emails.put(user_id, found)
-        return found
+        verdict = await identity.identify(user_id, origin_of(body))
+        if isinstance(verdict, Identity):
+            context["identity"] = verdict
+            await next()
+            return None
+        return turn_away(body, context, verdict)
+
+    def turn_away(body: dict[str, Any], context: AsyncBoltContext, no: Refusal) -> BoltResponse:
+        """Answer a refusal the way this kind of request can be answered; start nothing."""
+        text = NO_EMAIL if no.reason == NO_EMAIL else f":no_entry_sign: {kit.escape(no.reason)}"
+        kind = "command" if body.get("command") else str(body.get("type") or "")
+        if kind == "view_submission":
+            errors = {_first_input(body.get("view") or {}): no.short}
+            return BoltResponse(status=200, body={"response_action": "errors", "errors": errors})
+        if kind == "block_suggestion":
+            return BoltResponse(status=200, body={"options": []})
+        if kind == "command" and context.respond is not None:
+            later(context.respond(text=text, response_type="ephemeral"))
+        elif kind == "event_callback":
+            event = body.get("event") or {}
+            if event.get("type") == "app_home_opened" and event.get("tab", "home") == "home":
+                later(web.views_publish(user_id=no.user_id, view=kit.refused_home(text)))
+        elif kind in ("block_actions", "shortcut", "message_action"):
+            later(tell(body, text))
+        return BoltResponse(status=200, body="")
 
     async def roles_of(inst: Instance) -> list[str]:
         hit = role_cache.get(inst.name)
@@ -180,19 +227,15 @@ def build_app(
     command = config.get().slack.command
 
     @app.command(command)
-    async def on_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
+    async def on_command(ack: Any, command: dict[str, Any], respond: Any, context: AsyncBoltContext) -> None:
         words = (command.get("text") or "").strip().split()
         sub = words[0].lower() if words else "help"
         if sub == "request":
             await ack()
-            await open_request_modal(command["trigger_id"], command["user_id"])
+            await open_request_modal(command["trigger_id"])
         elif sub == "list":
             await ack()
-            user = await who(command["user_id"])
-            if user is None:
-                await respond(text=NO_EMAIL, response_type="ephemeral")
-                return
-            text, blocks = kit.list_blocks(await own_requests(user[0]))
+            text, blocks = kit.list_blocks(await own_requests(_me(context).email))
             await respond(text=text, blocks=blocks, response_type="ephemeral")
         else:
             text, blocks = kit.help_blocks(config.get().slack.command)
@@ -200,14 +243,12 @@ def build_app(
                 blocks.insert(0, kit.section(f"Unknown command `{kit.escape(sub)}`."))
             await ack(text=text, blocks=blocks, response_type="ephemeral")
 
-    async def open_request_modal(trigger_id: str, user_id: str) -> None:
+    async def open_request_modal(trigger_id: str) -> None:
         cfg = config.get()
         instances = list(cfg.instances.values())
         first = instances[0]
         roles = await roles_of(first)
         await web.views_open(trigger_id=trigger_id, view=kit.request_modal(instances, first, roles))
-        # Slow work after the modal is open: learn who this is before they submit.
-        later(who(user_id))
 
     @app.action(kit.INSTANCE_SELECT)
     async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
@@ -227,7 +268,7 @@ def build_app(
                 raise
 
     @app.view(kit.REQUEST_MODAL)
-    async def on_request_submit(ack: Any, body: dict[str, Any]) -> None:
+    async def on_request_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         started = time.monotonic()
         values = body["view"]["state"]["values"]
         user_id = body["user"]["id"]
@@ -259,11 +300,8 @@ def build_app(
             await ack(response_action="errors", errors=errors)
             return
         assert inst is not None and duration is not None
-        user = await who(user_id)
-        if user is None:
-            await ack(response_action="errors", errors={kit.B_INSTANCE: NO_EMAIL[:150]})
-            return
-        email, name = user
+        me = _me(context)
+        email, name = me.email, me.name
         # An open request for the same role: answer in the modal without starting anything.
         with contextlib.suppress(RolecallError):
             existing = await operations.get_status(client, request_id(inst.name, role, email))
@@ -312,16 +350,12 @@ def build_app(
 
     # ---- decisions -----------------------------------------------------------------------
 
-    async def decide(body: dict[str, Any], signal: str, reason: str = "") -> None:
+    async def decide(body: dict[str, Any], me: Identity, signal: str, reason: str = "") -> None:
         """Pre-check, signal, then confirm the workflow took it; explain any refusal."""
         rid = (
             str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
         )
-        user = await who(body["user"]["id"])
-        if user is None:
-            await tell(body, NO_EMAIL)
-            return
-        email = user[0]
+        email = me.email
         try:
             before = await operations.decide(
                 client, rid, signal, Decision(actor=email, reason=reason, via="slack")
@@ -349,35 +383,32 @@ def build_app(
                 break
             await asyncio.sleep(0.1)
         if (body.get("view") or {}).get("type") == "home":
-            await publish_home(body["user"]["id"])
+            await publish_home(me)
 
     @app.action(kit.APPROVE)
-    async def on_approve(ack: Any, body: dict[str, Any]) -> None:
+    async def on_approve(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
-        await decide(body, "approve")
+        await decide(body, _me(context), "approve")
 
     @app.action(kit.CANCEL)
-    async def on_cancel(ack: Any, body: dict[str, Any]) -> None:
+    async def on_cancel(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
-        await decide(body, "cancel")
+        await decide(body, _me(context), "cancel")
 
     @app.action(kit.RELINQUISH)
-    async def on_relinquish(ack: Any, body: dict[str, Any]) -> None:
+    async def on_relinquish(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
-        await decide(body, "relinquish", reason="relinquished in Slack")
+        await decide(body, _me(context), "relinquish", reason="relinquished in Slack")
 
     @app.action(kit.DENY)
-    async def on_deny_click(ack: Any, body: dict[str, Any]) -> None:
+    async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
         rid = str(body["actions"][0]["value"])
-        user, status = await asyncio.gather(who(body["user"]["id"]), _status_or_none(rid))
-        if user is None:
-            await tell(body, NO_EMAIL)
-            return
+        status = await _status_or_none(rid)
         if status is None:
             await tell(body, f":no_entry_sign: no request with id {rid!r}")
             return
-        why = refusal("deny", user[0], status)
+        why = refusal("deny", _me(context).email, status)
         if why:
             await tell(body, f":no_entry_sign: {why}")
             return
@@ -391,15 +422,12 @@ def build_app(
             return None
 
     @app.view(kit.DENY_MODAL)
-    async def on_deny_submit(ack: Any, body: dict[str, Any]) -> None:
+    async def on_deny_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         rid = str(body["view"]["private_metadata"])
         reason = _value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
-        user = await who(body["user"]["id"])
-        if user is None:
-            await ack(response_action="errors", errors={kit.B_DENY_REASON: NO_EMAIL[:150]})
-            return
+        actor = _me(context).email
         try:
-            await operations.decide(client, rid, "deny", Decision(actor=user[0], reason=reason, via="slack"))
+            await operations.decide(client, rid, "deny", Decision(actor=actor, reason=reason, via="slack"))
         except RolecallError as e:
             await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
             return
@@ -422,21 +450,16 @@ def build_app(
             if s is not None and s.state == RequestState.PENDING and refusal("approve", email, s) is None
         ]
 
-    async def publish_home(user_id: str) -> None:
-        user = await who(user_id)
-        if user is None:
-            view = {"type": "home", "blocks": [kit.section(NO_EMAIL)]}
-        else:
-            mine, todo = await asyncio.gather(own_requests(user[0]), waiting_for(user[0]))
-            grants = [s for s in mine if s.state == RequestState.GRANTED]
-            pending = [s for s in mine if s.state == RequestState.PENDING]
-            view = kit.home_view(grants, pending, todo)
-        await web.views_publish(user_id=user_id, view=view)
+    async def publish_home(me: Identity) -> None:
+        mine, todo = await asyncio.gather(own_requests(me.email), waiting_for(me.email))
+        grants = [s for s in mine if s.state == RequestState.GRANTED]
+        pending = [s for s in mine if s.state == RequestState.PENDING]
+        await web.views_publish(user_id=me.user_id, view=kit.home_view(grants, pending, todo))
 
     @app.event("app_home_opened")
-    async def on_home(event: dict[str, Any]) -> None:
+    async def on_home(event: dict[str, Any], context: AsyncBoltContext) -> None:
         if event.get("tab", "home") == "home":
-            await publish_home(event["user"])
+            await publish_home(_me(context))
 
     return app
 
@@ -457,7 +480,14 @@ async def serve(settings: Settings) -> None:
         client = await connect(settings)
     except RuntimeError as e:
         raise ConfigError(f"cannot reach Temporal at {settings.temporal_address}: {e}") from e
-    app = build_app(config, client, settings)
+    slack_web = _client_from_env()
+    identity = SlackIdentity(slack_web, settings.slack_team_id, settings.slack_enterprise_id)
+    try:
+        # Ask auth.test now rather than on the first click (it is cached from then on).
+        await identity.workspace()
+    except Exception as e:  # Slack unreachable at start: asked again on the first request
+        log.warning("could not ask Slack which workspace this is yet: %s", e)
+    app = build_app(config, client, settings, slack_web, identity=identity)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -29,6 +29,7 @@ from rolecall.logs import setup_logging
 from rolecall.metrics import MetricsInterceptor, prometheus_runtime, report_open_grants
 from rolecall.pg import close_idle
 from rolecall.schedules import ensure_reconcile_schedules
+from rolecall.slack_identity import SlackIdentity
 from rolecall.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -87,6 +88,7 @@ def build_worker(
     task_queue: str,
     notifier: Notifier | None = None,
     slack_client: AsyncWebClient | None = None,
+    slack_identity: SlackIdentity | None = None,
     *,
     graceful_shutdown: timedelta = GRACEFUL_SHUTDOWN,
     interceptors: Sequence[Interceptor] = (),
@@ -105,7 +107,7 @@ def build_worker(
         from activities.slack import SlackActivities, SlackNotifier
 
         notifier = notifier or SlackNotifier(slack_client)
-        expand_groups = SlackActivities(slack_client).expand_approver_groups
+        expand_groups = SlackActivities(slack_client, slack_identity).expand_approver_groups
     notify = NotifyActivities(notifier)
     temporal = TemporalActivities(client, config)
     return Worker(
@@ -144,12 +146,16 @@ async def run(settings: Settings | None = None) -> None:
             os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None
         )
         log.info("notifications go to Slack")
+    identity = None
+    if slack_client is not None:
+        identity = SlackIdentity(slack_client, settings.slack_team_id, settings.slack_enterprise_id)
     in_flight = InFlight()
     worker = build_worker(
         client,
         config,
         settings.task_queue,
         slack_client=slack_client,
+        slack_identity=identity,
         graceful_shutdown=settings.graceful_shutdown,
         interceptors=[in_flight],
     )

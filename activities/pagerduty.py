@@ -47,7 +47,7 @@ class CheckFailed(Exception):
 
 @dataclass(frozen=True)
 class Duties:
-    """Which on-call duties count; an empty tuple means "any"."""
+    """Which on-call duties count; an empty tuple means "any" (both empty: config's any_duty)."""
 
     schedule_ids: tuple[str, ...]
     escalation_policy_ids: tuple[str, ...]
@@ -58,12 +58,7 @@ def duties_for(config: Config, instance: str) -> Duties:
     """The instance's schedule/escalation policy IDs if it names any, else the [pagerduty] ones."""
     pd = config.pagerduty
     inst = config.instances.get(instance)
-    schedules, policies = pd.schedule_ids, pd.escalation_policy_ids
-    if inst is not None and (
-        inst.pagerduty_schedule_ids is not None or inst.pagerduty_escalation_policy_ids is not None
-    ):
-        schedules = inst.pagerduty_schedule_ids or []
-        policies = inst.pagerduty_escalation_policy_ids or []
+    schedules, policies = inst.pagerduty_duties(pd) if inst else (pd.schedule_ids, pd.escalation_policy_ids)
     return Duties(tuple(schedules), tuple(policies), pd.max_escalation_level)
 
 

@@ -32,6 +32,7 @@ from rolecall.models import (
     ReconcileReport,
     RequestStatus,
 )
+from rolecall.slack_identity import Identity, RefusalKind, SlackIdentity
 
 log = logging.getLogger("rolecall.slack")
 
@@ -157,23 +158,18 @@ def _record_refs(refs: dict[str, MessageRef]) -> None:
         activity.heartbeat({k: v.model_dump() for k, v in refs.items()})
 
 
-async def email_of(client: AsyncWebClient, user_id: str) -> str | None:
-    """The user's email as Slack shows it (needs users:read.email), lower-case, or None."""
-    resp = await client.users_info(user=user_id)
-    user = resp["user"] or {}
-    email = (user.get("profile") or {}).get("email")
-    if not email or user.get("deleted") or user.get("is_bot"):
-        return None
-    return str(email).strip().lower()
-
-
 class SlackActivities:
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, identity: SlackIdentity | None = None) -> None:
         self._client = client
+        self._identity = identity or SlackIdentity(client)
 
     @activity.defn(name="expand_approver_groups")
     async def expand_approver_groups(self, inp: ApproverGroups) -> Approvers:
-        """Members' emails of the given Slack user groups (IDs such as S0123ABCD)."""
+        """Emails of the groups' full members (IDs such as S0123ABCD).
+
+        A member rolecall would not act for in Slack (a guest, a bot, someone of another
+        organisation, no visible email) is left out and named in the detail.
+        """
         emails: set[str] = set()
         missing: list[str] = []
         for group in inp.groups:
@@ -187,10 +183,12 @@ class SlackActivities:
                     ) from e
                 raise
             for user_id in resp.get("users") or []:
-                email = await email_of(self._client, str(user_id))
-                if email:
-                    emails.add(email)
+                verdict = await self._identity.identify(str(user_id))
+                if isinstance(verdict, Identity):
+                    emails.add(verdict.email)
+                elif verdict.kind is RefusalKind.UNAVAILABLE:
+                    raise ApplicationError(verdict.reason, type="SlackUnavailable")  # retried
                 else:
-                    missing.append(str(user_id))
-        detail = f"members without a visible email: {', '.join(missing)}" if missing else ""
+                    missing.append(f"{user_id} ({verdict.kind.value.replace('_', ' ')})")
+        detail = f"members left out: {', '.join(missing)}" if missing else ""
         return Approvers(emails=sorted(emails), detail=detail)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,6 +42,7 @@ _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 # How long a stopping worker lets its in-flight grants and revokes finish before it cancels
 # them (they are then retried elsewhere). Keep the orchestrator's kill timeout above it.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+_SLACK_ID = re.compile(r"^[TE][A-Z0-9]{2,31}$")
 
 
 def _duration(value: Any) -> Any:
@@ -100,6 +102,7 @@ class Instance(_Strict):
     allowed_email_domains: list[str] = []
     # PagerDuty duties that count as on call for this instance. Setting either replaces the
     # [pagerduty] defaults as a pair (the one left out is empty); leaving both out keeps them.
+    # Both empty would be any duty at all: refused unless [pagerduty] any_duty = true.
     pagerduty_schedule_ids: list[str] | None = None
     pagerduty_escalation_policy_ids: list[str] | None = None
 
@@ -173,6 +176,12 @@ class Instance(_Strict):
             raise ValueError("default_duration is longer than max_duration")
         return self
 
+    def pagerduty_duties(self, pd: PagerDuty) -> tuple[list[str], list[str]]:
+        """(schedule IDs, escalation policy IDs) that count here: its own pair, else [pagerduty]'s."""
+        if self.pagerduty_schedule_ids is None and self.pagerduty_escalation_policy_ids is None:
+            return list(pd.schedule_ids), list(pd.escalation_policy_ids)
+        return list(self.pagerduty_schedule_ids or []), list(self.pagerduty_escalation_policy_ids or [])
+
     def dsn(self) -> str:
         value = os.environ.get(self.dsn_env)
         if not value:
@@ -220,6 +229,12 @@ class Instance(_Strict):
         return self.login_template.format(local=local, domain=domain, email=email)
 
 
+_ANY_DUTY = (
+    "both empty would count any on-call duty in the whole PagerDuty account; list the schedules "
+    "or escalation policies, or set any_duty = true to mean it"
+)
+
+
 class PagerDuty(_Strict):
     enabled: bool = False
     token_env: str = "PAGERDUTY_TOKEN"
@@ -229,8 +244,21 @@ class PagerDuty(_Strict):
     max_escalation_level: int = Field(default=1, ge=1)
     auto_approve_max: Duration = timedelta(hours=1)
     timeout: float = Field(default=10.0, gt=0)
+    # Both ID lists empty means any on-call duty in the whole account: only when said so.
+    any_duty: bool = False
 
     _check_ids = field_validator("schedule_ids", "escalation_policy_ids")(_pagerduty_ids)
+
+    @model_validator(mode="after")
+    def _never_any_duty_by_accident(self) -> PagerDuty:
+        if self.any_duty and (self.schedule_ids or self.escalation_policy_ids):
+            raise ValueError(
+                "any_duty = true counts every on-call duty, but schedule_ids or escalation_policy_ids "
+                "narrow it: remove any_duty, or empty both lists"
+            )
+        if self.enabled and not self.any_duty and not self.schedule_ids and not self.escalation_policy_ids:
+            raise ValueError(f"enabled = true with schedule_ids and escalation_policy_ids {_ANY_DUTY}")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -280,6 +308,19 @@ class Config(_Strict):
                     body.setdefault("name", name)
         return value
 
+    @model_validator(mode="after")
+    def _instance_duties(self) -> Config:
+        pd = self.pagerduty
+        if not pd.enabled or pd.any_duty:
+            return self
+        for name, inst in self.instances.items():
+            if inst.pagerduty_duties(pd) == ([], []):
+                raise ValueError(
+                    f"instances.{name}: pagerduty_schedule_ids and pagerduty_escalation_policy_ids "
+                    + _ANY_DUTY.replace("any_duty = true", "[pagerduty] any_duty = true")
+                )
+        return self
+
     def instance(self, name: str) -> Instance:
         try:
             return self.instances[name]
@@ -304,6 +345,22 @@ class Settings(BaseSettings):
     metrics_bind: str | None = None
     log_format: str = "auto"
     graceful_shutdown: Duration = GRACEFUL_SHUTDOWN
+    # Whose people may act from Slack; unset: the workspace (and Grid organisation) of the
+    # bot token, from auth.test. Read from SLACK_TEAM_ID / SLACK_ENTERPRISE_ID.
+    slack_team_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_TEAM_ID", "slack_team_id")
+    )
+    slack_enterprise_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_ENTERPRISE_ID", "slack_enterprise_id")
+    )
+
+    @field_validator("slack_team_id", "slack_enterprise_id")
+    @classmethod
+    def _slack_id(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value and not _SLACK_ID.match(value):
+            raise ValueError(f"{value!r} is not a Slack team or enterprise ID (e.g. T0123ABCD, E0123ABCD)")
+        return value or None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -313,7 +370,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as e:
         problems = []
         for item in e.errors():
-            name = "ROLECALL_" + "_".join(str(p) for p in item["loc"]).upper()
+            field = "_".join(str(p) for p in item["loc"])
+            name = field if field.isupper() else "ROLECALL_" + field.upper()
             problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
         raise ConfigError("; ".join(problems)) from None
 
@@ -321,9 +379,10 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in item["loc"])
         msg = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
+        # A check across tables (loc is empty) names its keys in the message itself.
+        lines.append(f"{where}: {msg}" if where else msg)
     return "; ".join(lines)
 
 

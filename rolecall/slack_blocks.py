@@ -501,6 +501,14 @@ def list_blocks(statuses: list[RequestStatus]) -> tuple[str, list[Block]]:
     return f"You have {len(statuses)} pending or active request(s).", blocks
 
 
+def refused_home(text: str) -> dict[str, Any]:
+    """The App Home of someone rolecall does not act for: only why."""
+    return {
+        "type": "home",
+        "blocks": [{"type": "header", "text": plain("Your database access")}, section(text)],
+    }
+
+
 def home_view(
     grants: list[RequestStatus], pending: list[RequestStatus], to_approve: list[RequestStatus]
 ) -> dict[str, Any]:

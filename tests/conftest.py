@@ -179,7 +179,7 @@ def write_config(
     """A policy file with one instance, `pg`, on the test database.
 
     `extra` goes into the instance's table; `sections` adds top-level tables such as
-    `{"pagerduty": {"enabled": True}}`.
+    `{"pagerduty": {"enabled": True, "schedule_ids": ["PSC01"]}}`.
     """
     lines = [
         "[instances.pg]",

@@ -49,6 +49,8 @@ class OnCall:
 
 
 TOKEN_ENV = "ROLECALL_TEST_PAGERDUTY_TOKEN"
+# The escalation policy `add_oncall` puts people on by default, and `section()` counts.
+DEFAULT_POLICY = ("PEPDB01", "Databases")
 
 
 @dataclass
@@ -88,7 +90,7 @@ class FakePagerDuty:
     def add_oncall(
         self,
         user_id: str,
-        escalation_policy: tuple[str, str] = ("PEPDB01", "Databases"),
+        escalation_policy: tuple[str, str] = DEFAULT_POLICY,
         level: int = 1,
         schedule: tuple[str, str] | None = ("PSCDB01", "DB primary"),
         start: datetime | None = None,
@@ -133,13 +135,19 @@ class FakePagerDuty:
         return self
 
     def section(self, **settings: Any) -> dict[str, dict[str, Any]]:
-        """A `[pagerduty]` config table that points rolecall at this fake."""
+        """A `[pagerduty]` config table that points rolecall at this fake.
+
+        The default policy's duties count, as a real deployment must name some; pass
+        `any_duty=True` (and no IDs) for a test that is really about any duty.
+        """
+        duties = {} if settings.get("any_duty") else {"escalation_policy_ids": [DEFAULT_POLICY[0]]}
         return {
             "pagerduty": {
                 "enabled": True,
                 "token_env": self.token_env,
                 "url": self.url,
                 "timeout": 2,
+                **duties,
                 **settings,
             }
         }

@@ -24,6 +24,10 @@ from slack_sdk.models.views import View
 
 TEAM = "T0ROLECALL"
 BOT_USER = "UBOT"
+# For tests of who may act: another workspace, and Enterprise Grid organisations.
+OTHER_TEAM = "T0ELSEWHERE"
+ENTERPRISE = "E0ROLECALL"
+OTHER_ENTERPRISE = "E0ELSEWHERE"
 
 
 @dataclass
@@ -125,6 +129,8 @@ class FakeSlack:
         self.responses: list[tuple[str, dict[str, Any]]] = []  # posts to response_url
         self.users: dict[str, dict[str, Any]] = {}
         self.groups: dict[str, list[str]] = {}
+        # What auth.test says of the bot token (set_workspace() for Enterprise Grid).
+        self.workspace: dict[str, Any] = {"team_id": TEAM, "enterprise_id": None}
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
         self.views: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[Fault]] = {}
@@ -165,20 +171,59 @@ class FakeSlack:
 
     # ---- set-up and inspection -----------------------------------------------------------
 
-    def add_user(self, user_id: str, email: str | None, name: str = "", **extra: Any) -> None:
+    def set_workspace(self, team_id: str = TEAM, enterprise_id: str | None = None) -> None:
+        """The bot token's workspace as auth.test tells it (an enterprise_id on Grid)."""
+        self.workspace = {"team_id": team_id, "enterprise_id": enterprise_id}
+
+    def add_user(
+        self,
+        user_id: str,
+        email: str | None,
+        name: str = "",
+        *,
+        team_id: str = TEAM,
+        enterprise_id: str | None = None,
+        guest: bool = False,
+        single_channel_guest: bool = False,
+        stranger: bool = False,
+        bot: bool = False,
+        app_user: bool = False,
+        deleted: bool = False,
+        **extra: Any,
+    ) -> None:
+        """A users.info answer: by default a full member of `TEAM` (the team auth.test names).
+
+        `guest` / `single_channel_guest` set is_restricted / is_ultra_restricted (Slack sets
+        is_restricted on single-channel guests too), `stranger` is_stranger (a Slack Connect
+        user of another organisation), `enterprise_id` the Grid organisation (enterprise_user).
+        """
         profile: dict[str, Any] = {"real_name": name or user_id}
         if email:
             profile["email"] = email
-        self.users[user_id] = {
+        user: dict[str, Any] = {
             "id": user_id,
-            "team_id": TEAM,
+            "team_id": team_id,
             "name": (email or user_id).split("@")[0],
             "real_name": name or user_id,
-            "deleted": False,
-            "is_bot": False,
+            "deleted": deleted,
+            "is_bot": bot,
+            "is_app_user": app_user,
+            "is_restricted": guest or single_channel_guest,
+            "is_ultra_restricted": single_channel_guest,
             "profile": profile,
-            **extra,
         }
+        if stranger:
+            user["is_stranger"] = True
+        if enterprise_id:
+            user["enterprise_user"] = {
+                "id": user_id,
+                "enterprise_id": enterprise_id,
+                "enterprise_name": enterprise_id.lower(),
+                "is_admin": False,
+                "is_owner": False,
+                "teams": [team_id],
+            }
+        self.users[user_id] = {**user, **extra}
 
     def fail(self, method: str, status: int, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next `times` calls of `method` with HTTP `status` (429 with Retry-After)."""
@@ -306,8 +351,12 @@ class FakeSlack:
                 return error("invalid_arguments", response_metadata={"messages": problems})
 
         if method == "auth.test":
-            return {"ok": True, "url": "https://rolecall.slack.com/", "team": "rolecall", "user": "rolecall",
-                    "team_id": TEAM, "user_id": BOT_USER, "bot_id": "BBOT"}  # fmt: skip
+            org = self.workspace["enterprise_id"]
+            return {
+                "ok": True, "url": "https://rolecall.slack.com/", "team": "rolecall", "user": "rolecall",
+                "team_id": self.workspace["team_id"], "user_id": BOT_USER, "bot_id": "BBOT",
+                "is_enterprise_install": False, **({"enterprise_id": org} if org else {}),
+            }  # fmt: skip
         if method in ("users.info",):
             user = self.users.get(a.get("user", ""))
             return {"ok": True, "user": user} if user else error("user_not_found")
@@ -390,12 +439,23 @@ class Reply:
 class SlackDriver:
     """Sends signed requests to the Bolt app exactly as Slack does (form or `payload=`)."""
 
-    def __init__(self, url: str, fake: FakeSlack, secret: str = SECRET) -> None:
+    def __init__(
+        self,
+        url: str,
+        fake: FakeSlack,
+        secret: str = SECRET,
+        *,
+        team: str = TEAM,
+        enterprise: str | None = None,
+    ) -> None:
+        """`team` / `enterprise`: the workspace (and Grid organisation) payloads say they are from."""
         from slack_sdk.signature import SignatureVerifier
 
         self.url = url
         self.fake = fake
         self.verifier = SignatureVerifier(secret)
+        self.team = team
+        self.enterprise = enterprise
         self._n = itertools.count(1)
 
     async def post(
@@ -435,10 +495,12 @@ class SlackDriver:
     ) -> dict[str, str]:
         """A slash command's fields (form-encoded over HTTP, a JSON object in Socket Mode)."""
         n = next(self._n)
+        grid = {"enterprise_id": self.enterprise, "enterprise_name": "org"} if self.enterprise else {}
         return {
             "token": "legacy-verification-token",
-            "team_id": TEAM,
+            "team_id": self.team,
             "team_domain": "rolecall",
+            **grid,
             "channel_id": channel,
             "channel_name": "general",
             "user_id": user,
@@ -461,10 +523,15 @@ class SlackDriver:
 
     def _base(self, type_: str, user: str) -> dict[str, Any]:
         n = next(self._n)
+        team: dict[str, Any] = {"id": self.team, "domain": "rolecall"}
+        if self.enterprise:
+            team["enterprise_id"] = self.enterprise
         return {
             "type": type_,
-            "team": {"id": TEAM, "domain": "rolecall"},
-            "user": {"id": user, "username": user.lower(), "team_id": TEAM},
+            "team": team,
+            "enterprise": {"id": self.enterprise, "name": "org"} if self.enterprise else None,
+            "is_enterprise_install": False,
+            "user": {"id": user, "username": user.lower(), "team_id": self.team},
             "api_app_id": "AROLECALL",
             "token": "legacy-verification-token",
             "trigger_id": f"trigger.{n}",
@@ -526,7 +593,8 @@ class SlackDriver:
     async def event(self, event: dict[str, Any], **kw: Any) -> Reply:
         body = {
             "token": "legacy-verification-token",
-            "team_id": TEAM,
+            "team_id": self.team,
+            **({"enterprise_id": self.enterprise} if self.enterprise else {}),
             "api_app_id": "AROLECALL",
             "event": event,
             "type": "event_callback",

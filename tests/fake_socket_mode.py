@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fake_slack import TEAM, FakeSlack, Reply, SlackDriver
+from tests.fake_slack import FakeSlack, Reply, SlackDriver
 
 APP_ID = "AROLECALL"
 APP_TOKEN = "xapp-1-AROLECALL-1-0123456789-socketmodetest"
@@ -257,7 +257,8 @@ class SocketModeDriver(SlackDriver):
     async def event(self, event: dict[str, Any], **kw: Any) -> Reply:
         body = {
             "token": "legacy-verification-token",
-            "team_id": TEAM,
+            "team_id": self.team,
+            **({"enterprise_id": self.enterprise} if self.enterprise else {}),
             "api_app_id": APP_ID,
             "event": event,
             "type": "event_callback",

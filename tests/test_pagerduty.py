@@ -293,3 +293,110 @@ def test_config_refuses_bad_pagerduty_settings(tmp_path: Path, where, body, mess
     with pytest.raises(ConfigError) as e:
         load(path)
     assert message in str(e.value)
+
+
+ANY_DUTY = (
+    "both empty would count any on-call duty in the whole PagerDuty account; list the schedules "
+    "or escalation policies, or set {key} to mean it"
+)
+
+
+@pytest.mark.parametrize(
+    ("pagerduty_body", "instance", "message"),
+    [
+        (
+            {"enabled": True},
+            {},
+            "pagerduty: enabled = true with schedule_ids and escalation_policy_ids "
+            + ANY_DUTY.format(key="any_duty = true"),
+        ),
+        (
+            {"enabled": True, "schedule_ids": [], "escalation_policy_ids": [], "any_duty": False},
+            {"pagerduty_schedule_ids": ["PSCDB01"]},  # one instance naming its own does not help
+            "pagerduty: enabled = true with schedule_ids and escalation_policy_ids "
+            + ANY_DUTY.format(key="any_duty = true"),
+        ),
+        (
+            {"enabled": True, "escalation_policy_ids": [DB_POLICY]},
+            {"pagerduty_schedule_ids": [], "pagerduty_escalation_policy_ids": []},
+            "instances.pg: pagerduty_schedule_ids and pagerduty_escalation_policy_ids "
+            + ANY_DUTY.format(key="[pagerduty] any_duty = true"),
+        ),
+        (
+            # One key given replaces the pair: the other is empty too.
+            {"enabled": True, "escalation_policy_ids": [DB_POLICY]},
+            {"pagerduty_schedule_ids": []},
+            "instances.pg: pagerduty_schedule_ids and pagerduty_escalation_policy_ids "
+            + ANY_DUTY.format(key="[pagerduty] any_duty = true"),
+        ),
+        (
+            {"enabled": True, "any_duty": True, "schedule_ids": ["PSCDB01"]},
+            {},
+            "pagerduty: any_duty = true counts every on-call duty, but schedule_ids or "
+            "escalation_policy_ids narrow it: remove any_duty, or empty both lists",
+        ),
+    ],
+)
+def test_config_refuses_counting_any_duty_by_accident(
+    tmp_path: Path, pagerduty_body: dict[str, Any], instance: dict[str, Any], message: str
+) -> None:
+    path = write_config(
+        tmp_path / "rolecall.toml", ["r"], ["dba@example.com"], {"pagerduty": pagerduty_body}, **instance
+    )
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("pagerduty_body", "instance", "counted"),
+    [
+        ({"enabled": False}, {}, ([], [])),  # off: nothing counts, nothing to refuse
+        ({"enabled": True, "any_duty": True}, {}, ([], [])),
+        (
+            {"enabled": True, "any_duty": True},
+            {"pagerduty_escalation_policy_ids": [DB_POLICY]},  # an instance may still narrow it
+            ([], [DB_POLICY]),
+        ),
+        (
+            {"enabled": True, "escalation_policy_ids": [DB_POLICY], "any_duty": False},
+            {"pagerduty_schedule_ids": ["PSCPAY1"]},
+            (["PSCPAY1"], []),
+        ),
+    ],
+)
+def test_config_accepts_named_duties_or_an_explicit_any_duty(
+    tmp_path: Path,
+    pagerduty_body: dict[str, Any],
+    instance: dict[str, Any],
+    counted: tuple[list[str], list[str]],
+) -> None:
+    path = write_config(
+        tmp_path / "rolecall.toml", ["r"], ["dba@example.com"], {"pagerduty": pagerduty_body}, **instance
+    )
+    config = load(path)
+    assert config.instance("pg").pagerduty_duties(config.pagerduty) == counted
+
+
+async def test_any_duty_counts_every_duty_in_the_account(
+    make_stack, roles: Roles, fake_pd: FakePagerDuty
+) -> None:
+    """any_duty = true: on call for an unrelated team still auto-approves, as it says."""
+    role, login = roles.role(), roles.login()
+    email = f"{login}@example.com"
+    user = fake_pd.add_user(email, "Alice")
+    fake_pd.add_oncall(user, ("PEPWEB1", "Web"), schedule=None)  # no database policy anywhere
+    stack = await make_stack([role], sections=fake_pd.section(any_duty=True))
+
+    rid = await stack.request(login, role, "30m")
+    status = await stack.wait_state(rid, RequestState.GRANTED)
+    detail = f"{email} is on call (escalation policy Web, level 1)"
+    assert status.auto_approved and status.decided_by == "pagerduty" and status.on_call_detail == detail
+    assert stack.pg.is_member(login, role)
+    # PagerDuty was asked about every duty of that user, with no schedule or policy filter.
+    sent = fake_pd.last("/oncalls").query
+    assert sent["user_ids[]"] == [user]
+    assert "schedule_ids[]" not in sent and "escalation_policy_ids[]" not in sent
+    await stack.cli("relinquish", rid, "--as", email)
+    await stack.wait_state(rid, RequestState.RELINQUISHED)
+    assert not stack.pg.is_member(login, role)

@@ -10,6 +10,8 @@ import yaml
 from rolecall.config import Slack
 from tests.conftest import REPO
 
+# Where the app, the notifier and the identity lookup they share call Slack.
+CODE = ("slack_app.py", "activities/slack.py", "rolecall/slack_identity.py")
 # Every Web API method the app and the notifier call, and the bot scope it needs.
 SCOPE_OF = {
     "chat_postMessage": "chat:write",
@@ -44,7 +46,7 @@ def test_manifest_declares_command_events_interactivity() -> None:
 def test_manifest_scopes_cover_every_method_the_code_calls() -> None:
     scopes = set(manifest()["oauth_config"]["scopes"]["bot"])
     assert "commands" in scopes and "users:read.email" in scopes
-    code = "".join((REPO / f).read_text(encoding="utf-8") for f in ("slack_app.py", "activities/slack.py"))
+    code = "".join((REPO / f).read_text(encoding="utf-8") for f in CODE)
     called = set(re.findall(r"\.(\w+_\w+)\((?:channel|user|email|users|usergroup|view|trigger_id)=", code))
     called &= set(SCOPE_OF) | {m for m in called if m.split("_")[0] in ("chat", "users", "views")}
     assert called, "no Web API calls found"

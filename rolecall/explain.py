@@ -41,6 +41,15 @@ from rolecall.privileges.render import render_text, summary
 
 __all__ = ["Privileges", "connector", "diff", "explain", "explain_instance", "render_text", "summary"]
 
+NOTE_SET_16 = (
+    "rolecall grants the role WITH SET FALSE (16+): a grantee cannot SET ROLE to it or "
+    "through it, so what needs SET ROLE (the SET ROLE only privileges, role attributes) "
+    "stays out of its reach"
+)
+NOTE_SET_15 = (
+    "PostgreSQL 15 has no SET option: a grantee can SET ROLE to every role of the closure, "
+    "and then uses its privileges and attributes"
+)
 Connect = Callable[[str], AbstractAsyncContextManager[Conn]]
 MAX_NAME_BYTES = 63
 _PARALLEL = 4  # connections to other databases at a time
@@ -475,16 +484,9 @@ class _Builder:
             out.set_role_only or out.bypass_rls or any(a.attribute in _SET_ATTRIBUTES for a in out.attributes)
         )
         if needs_set and self.version >= 160000:
-            notes.append(
-                "rolecall grants the role WITH SET FALSE (16+): a grantee cannot SET ROLE to it or "
-                "through it, so what needs SET ROLE (the SET ROLE only privileges, role attributes) "
-                "stays out of its reach"
-            )
+            notes.append(NOTE_SET_16)
         elif needs_set:
-            notes.append(
-                "PostgreSQL 15 has no SET option: a grantee can SET ROLE to every role of the closure, "
-                "and then uses its privileges and attributes"
-            )
+            notes.append(NOTE_SET_15)
         if self.login is not None:
             info = self.infos[self.login.start]
             if info.superuser:

@@ -75,7 +75,8 @@ def _summary_group(grp: _Group, depth: int, multi_db: bool) -> str:
         return f"{privs} ({cols}) on {_qualify(grp.place[:2], grp.place[2:], multi_db)}"
     if depth == 2 and n == 1:
         word = "" if grp.kind == "table" else grp.kind + " "
-        return f"{privs} on {word}{_qualify(grp.place, grp.objects[0], multi_db)}"
+        name = grp.objects[0][-1] if grp.kind == "database" else _qualify(grp.place, grp.objects[0], multi_db)
+        return f"{privs} on {word}{name}"
     if depth == 2:
         where = ":".join(x for x in (grp.place[0] if multi_db else "", grp.place[1]) if x)
         text = f"{privs} on {n} {plural(grp.kind, n)}" + (f" in {where}" if where else "")
@@ -108,9 +109,9 @@ def _tail(p: Privileges) -> list[str]:
     owner_bypass = [r for r in p.rls if r.bypass]
     if p.bypass_rls:
         out.append("BYPASSRLS after SET ROLE " + ", ".join(p.bypass_rls))
-    elif owner_bypass:
+    if owner_bypass:
         out.append(f"bypasses RLS on {len(owner_bypass)} {plural('table', len(owner_bypass))} (owner)")
-    else:
+    if not p.bypass_rls and not owner_bypass:
         out.append("no RLS bypass")
     if p.set_role_only:
         out.append(f"+{len(p.set_role_only)} by SET ROLE only")
@@ -137,13 +138,26 @@ def _head(p: Privileges) -> list[str]:
         more = f" +{len(refused) - 2}" if len(refused) > 2 else ""
         out.append(f"REFUSED ({'; '.join(refused[:2])}{more})")
     elif p.verdict == "refused":
-        out.append("REFUSED: " + (p.lasting[0] if p.lasting else "unsafe"))
+        out.append(f"REFUSED ({_lasting_kinds(p.lasting)})")
     elif p.verdict == "lendable_by_unsafe_allowed":
-        out.append("lendable only by unsafe_allowed")
+        out.append(f"lendable only by unsafe_allowed ({_lasting_kinds(p.lasting)})")
     inherited = [x.role for x in p.predefined if x.access == "inherited"]
     if inherited:
         out.append("contains " + ", ".join(inherited))
     return [_cut(x, 100) for x in out]
+
+
+def _lasting_kinds(lasting: list[str]) -> str:
+    kinds = [
+        label
+        for label, marker in [
+            ("owns objects", " owns "),
+            ("grant options", "WITH GRANT OPTION"),
+            ("ADMIN OPTION", "ADMIN OPTION"),
+        ]
+        if any(marker in item for item in lasting)
+    ]
+    return ", ".join(kinds) or "lasting access"
 
 
 def _cut(text: str, limit: int) -> str:

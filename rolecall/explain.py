@@ -173,7 +173,7 @@ class _Builder:
 
     def query_oids(self) -> list[int]:
         oids = set(self.role.reachable) | (set(self.login.inherited) if self.login else set())
-        return sorted(oids | {self.owner_role})
+        return sorted(oids | ({self.owner_role} if self.owner_role > 0 else set()))
 
     async def read(self, conn: Conn, connect: Connect | None) -> None:
         oids = self.query_oids()

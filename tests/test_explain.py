@@ -631,7 +631,12 @@ def test_summary_stays_short_when_even_counts_do_not_fit() -> None:
     shown = pieces[:-2]
     assert pieces[-1] == "no RLS bypass"
     assert pieces[-2] == f"+{2 * len(kinds) - len(shown)} more groups"
-    assert shown[:2] == ["SELECT on 3 aggregates in 1 schema", "INSERT on 1 aggregate in 1 schema"]
+    assert shown[:4] == [
+        "SELECT on 3 databases",
+        "INSERT on 1 database",
+        "SELECT on 3 schemas",
+        "INSERT on 1 schema",
+    ]
 
 
 # ---- the CLI ---------------------------------------------------------------------------

@@ -23,6 +23,9 @@ _PLURAL = {"foreign-data wrapper": "foreign-data wrappers", "foreign server": "f
            "foreign table": "foreign tables", "window function": "window functions"}  # fmt: skip
 
 
+_KIND_FIRST = {"database": 0, "schema": 1}
+
+
 def plural(kind: str, n: int) -> str:
     if n == 1:
         return kind
@@ -57,7 +60,9 @@ def _groups(
             merged.setdefault(frozenset(by_priv[priv]), []).append(priv)
         for objects, privs in merged.items():
             out.append(_Group(place, kind, privs, sorted(objects)))
-    out.sort(key=lambda grp: (grp.place, grp.kind, privilege_rank(grp.privileges[0]), grp.objects))
+    # The database's own privileges first, then schemas', then kinds in name order.
+    out.sort(key=lambda grp: (grp.place, _KIND_FIRST.get(grp.kind, 2), grp.kind,
+                              privilege_rank(grp.privileges[0]), grp.objects))  # fmt: skip
     return out
 
 

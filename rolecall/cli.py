@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check rolecall can grant, revoke and end sessions")
     dr.add_argument("--instance", help="only this instance")
     sub.add_parser("setup", help="register rolecall's search attributes in the namespace (idempotent)")
+
+    ex = sub.add_parser("explain", help="show what a membership of a role really grants")
+    ex.add_argument("--instance", required=True)
+    ex.add_argument("--role", required=True)
+    ex.add_argument("--login", help="show only what the role adds to this login")
+    ex.add_argument("--json", action="store_true")
     return p
 
 
@@ -149,6 +155,8 @@ async def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.command in ("setup-sql", "doctor"):
         return await _admin(args, settings)
+    if args.command == "explain":
+        return await _explain(args, settings)
     if args.command == "worker":
         import worker
 
@@ -278,6 +286,20 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
         print(report.render())
         ok = ok and report.ok
     return 0 if ok else 1
+
+
+async def _explain(args: argparse.Namespace, settings: Settings) -> int:
+    """Read the catalogs with the instance's admin login; talks to PostgreSQL only."""
+    from rolecall import explain
+    from rolecall.config import load
+
+    privileges = await explain.explain_instance(
+        load(settings.config).instance(args.instance), args.role, args.login
+    )
+    print(privileges.model_dump_json(indent=2) if args.json else explain.render_text(privileges), end="")
+    if args.json:
+        print()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

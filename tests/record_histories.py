@@ -29,7 +29,7 @@ from rolecall.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import temporal_binary
 from worker import build_worker
 
-VERSION = "v2"  # v2: patches skip-disabled-oncall, approval-told-with-grant
+VERSION = "v3"  # v2: skip-disabled-oncall, approval-told-with-grant; v3: ledger-search-attributes
 OUT = Path(__file__).parent / "histories"
 
 

@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
+from activities.decisions import DecisionActivities
 from activities.notify import Notifier, NotifyActivities, no_approver_groups
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
@@ -92,6 +93,7 @@ def build_worker(
     *,
     graceful_shutdown: timedelta = GRACEFUL_SHUTDOWN,
     interceptors: Sequence[Interceptor] = (),
+    decision_key: bytes | None = None,
 ) -> Worker:
     """The worker with every workflow and activity registered; tests build theirs here too.
 
@@ -110,6 +112,7 @@ def build_worker(
         expand_groups = SlackActivities(slack_client, slack_identity).expand_approver_groups
     notify = NotifyActivities(notifier)
     temporal = TemporalActivities(client, config)
+    decisions = DecisionActivities(decision_key)
     return Worker(
         client,
         task_queue=task_queue,
@@ -117,6 +120,7 @@ def build_worker(
         graceful_shutdown_timeout=graceful_shutdown,
         workflows=[AccessRequestWorkflow, ReconcileWorkflow],
         activities=[
+            decisions.verify_decision,
             postgres.check_request,
             postgres.prepare_grant,
             postgres.grant_role,
@@ -157,6 +161,7 @@ async def run(settings: Settings | None = None) -> None:
         slack_client=slack_client,
         slack_identity=identity,
         graceful_shutdown=settings.graceful_shutdown,
+        decision_key=settings.decision_key.get_secret_value().encode() if settings.decision_key else None,
         interceptors=[in_flight],
     )
     await ensure_reconcile_schedules(client, config.get(), settings.task_queue)

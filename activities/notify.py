@@ -38,6 +38,8 @@ def describe(note: Notification) -> str:
         return f"request {s.id}: {note.event} by {s.decided_by}{reason}"
     if note.event in ("rejected", "failed"):
         return f"request {s.id}: {note.event}: {s.error}"
+    if note.event == "refused":
+        return f"request {s.id}: a decision did not count ({note.detail})"
     if note.event == "revoke_failing":
         return f"request {s.id}: ALERT revoke of {what} keeps failing: {note.detail}"
     return f"request {s.id}: {note.event} {what}"

@@ -171,6 +171,7 @@ class PostgresActivities:
                 approver_groups=list(inst.approver_groups),
                 slack_channel=inst.slack_channel,
                 allow_self_approval=inst.allow_self_approval,
+                accept_unverified_decisions=inst.accept_unverified_decisions,
                 max_duration=inst.max_duration,
                 approval_timeout=inst.approval_timeout,
                 grant_timeout=inst.grant_timeout,
@@ -234,7 +235,16 @@ class PostgresActivities:
         On 16+ the grant is WITHOUT SET, so `SET ROLE` cannot outlive the revoke.
         """
         async with heartbeating():
-            return await self._grant(inp)
+            work = asyncio.ensure_future(self._grant(inp))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Cancelled (the request was cancelled): let a GRANT already sent finish (its
+                # statement_timeout bounds it), then acknowledge. The workflow waits for this
+                # and revokes after, so the revoke cannot overtake a late GRANT.
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
 
     async def _grant(self, inp: GrantInput) -> GrantResult:
         try:

@@ -75,6 +75,11 @@ class SlackNotifier:
                 await self._approval(s, refs, post=False)
                 await self._requester(s, refs, post=False)
                 await self._put(refs, "grant", await self._dm_channel(s), *kit.grant_message(s))
+            elif ev == "refused":
+                if note.recipient:
+                    channel = await self._dm_user(note.recipient)
+                    text, blocks = kit.refused_dm(s, note.detail)
+                    await self._client.chat_postMessage(channel=channel, text=text, blocks=blocks)
             elif ev == "revoke_failing":
                 if s.approver_channel:
                     await self._put(refs, "alert", s.approver_channel, *kit.revoke_alert(s, note.detail))
@@ -134,6 +139,9 @@ class SlackNotifier:
         if not user:
             found = await self._client.users_lookupByEmail(email=s.requester)
             user = str(found["user"]["id"])
+        return await self._dm_user(user)
+
+    async def _dm_user(self, user: str) -> str:
         if user not in self._dm:
             resp = await self._client.conversations_open(users=user)
             self._dm[user] = str(resp["channel"]["id"])

@@ -83,6 +83,10 @@ class Instance(_Strict):
     approval_timeout: Duration = timedelta(hours=24)
     grant_timeout: Duration = timedelta(minutes=5)
     allow_self_approval: bool = False
+    # False: only decisions made in Slack, signed by the Slack app and verified by the worker,
+    # count; the CLI (and anyone with Temporal access) can no longer approve, deny, cancel or
+    # relinquish here. See docs/security.md.
+    accept_unverified_decisions: bool = True
     terminate_sessions: bool = True
     revoke_alert_after: int = Field(default=5, ge=1)
     login_template: str = "{local}"
@@ -345,6 +349,8 @@ class Settings(BaseSettings):
     metrics_bind: str | None = None
     log_format: str = "auto"
     graceful_shutdown: Duration = GRACEFUL_SHUTDOWN
+    # Shared by the Slack app (signs decisions) and the worker (verifies them), nobody else.
+    decision_key: SecretStr | None = None
     # Whose people may act from Slack; unset: the workspace (and Grid organisation) of the
     # bot token, from auth.test. Read from SLACK_TEAM_ID / SLACK_ENTERPRISE_ID.
     slack_team_id: str | None = Field(

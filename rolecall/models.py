@@ -95,6 +95,8 @@ class Policy(Model):
     revoke_alert_after: int = 5
     auto_approve_max: timedelta = timedelta(hours=1)
     pagerduty_enabled: bool = True  # histories from before this field ran the check
+    # False: only decisions made in Slack and verified by the worker count (CLI refused).
+    accept_unverified_decisions: bool = True
     target: Target | None = None  # None in histories from before the snapshot existed
 
 
@@ -130,11 +132,32 @@ class Approvers(Model):
 
 
 class Decision(Model):
-    """A signal payload: who did it, and why."""
+    """A signal payload: who did it, and why.
+
+    From Slack it is signed (rolecall.signing) over the request, the signal, the actor, the
+    Slack user and the time; the workflow has it verified before it counts.
+    """
 
     actor: str = Field(description="email of whoever sent the signal")
     reason: str = ""
     via: Literal["slack", "cli"] = "cli"
+    slack_user_id: str | None = None
+    signed_at: datetime | None = None
+    signature: str | None = None
+
+
+Origin = Literal["slack (verified)", "cli", "unverified"]
+
+
+class VerifyDecision(Model):
+    request_id: str
+    signal: str
+    decision: Decision
+
+
+class Verified(Model):
+    ok: bool
+    why: str = ""  # when not ok: why the signature does not verify
 
 
 class RefusedSignal(Model):
@@ -142,6 +165,7 @@ class RefusedSignal(Model):
     actor: str
     why: str
     at: datetime
+    via: str = ""
 
 
 class GrantInput(Model):
@@ -211,6 +235,7 @@ class RequestStatus(Model):
     requested_at: datetime
     decided_by: str | None = None
     decided_at: datetime | None = None
+    decided_via: str = ""  # "slack (verified)", "cli" or "unverified"
     decision_reason: str = ""
     auto_approved: bool = False
     on_call_detail: str = ""
@@ -223,6 +248,7 @@ class RequestStatus(Model):
     warnings: list[str] = []
     approvers: list[str] = []
     allow_self_approval: bool = False
+    accept_unverified_decisions: bool = True
     refused: list[RefusedSignal] = []
     # Objects the lent role came to own while it was lent (found at revoke): they outlive the
     # membership, so approvers are told. rolecall never drops them.
@@ -241,6 +267,7 @@ NotificationEvent = Literal[
     "expired",
     "relinquished",
     "revoke_failing",
+    "refused",  # a verified Slack actor's decision did not count: tell them why
 ]
 
 
@@ -256,6 +283,7 @@ class Notification(Model):
     status: RequestStatus
     messages: dict[str, MessageRef] = {}
     detail: str = ""
+    recipient: str | None = None  # a Slack user ID, for events told to one person
 
 
 class NotifyResult(Model):

@@ -12,13 +12,25 @@ DECISIONS = ("approve", "deny", "cancel")
 SIGNALS = (*DECISIONS, "relinquish")
 
 
-def refusal(signal: str, actor: str, status: RequestStatus) -> str | None:
-    """Why `actor` may not send `signal` to this request now, or None if they may."""
+VERIFIED = "slack (verified)"
+
+
+def refusal(signal: str, actor: str, status: RequestStatus, via: str = "cli") -> str | None:
+    """Why `actor` may not send `signal` to this request now, or None if they may.
+
+    `via` is where the decision comes from: "slack (verified)" (signed by the Slack app and
+    verified by the worker), "cli", or "unverified".
+    """
     actor = actor.strip().lower()
     state = status.state
     is_requester = actor == status.requester
     if signal not in SIGNALS:
         return f"unknown action {signal!r}"
+    if not status.accept_unverified_decisions and via != VERIFIED:
+        return (
+            f"instance {status.instance!r} accepts only decisions made in Slack and verified by "
+            f"rolecall; this one is {'from the CLI' if via == 'cli' else via}"
+        )
     if signal == "relinquish":
         if not is_requester:
             return f"only the requester ({status.requester}) can relinquish this access"

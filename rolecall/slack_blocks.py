@@ -130,6 +130,11 @@ def _warnings(status: RequestStatus) -> list[Block]:
     return [context(":warning: " + escape("; ".join(status.warnings)))]
 
 
+def _via(status: RequestStatus) -> str:
+    """Where the decision came from, so an approver can tell a verified click from a CLI call."""
+    return f" (via {escape(status.decided_via)})" if status.decided_via else ""
+
+
 def _decided_line(status: RequestStatus) -> str:
     """Who decided and when, for the message everyone already saw."""
     s = status
@@ -138,7 +143,7 @@ def _decided_line(status: RequestStatus) -> str:
     if s.auto_approved:
         return f":robot_face: Auto-approved{when}: {escape(s.on_call_detail)}"
     if s.state == RequestState.DENIED:
-        return f":x: Denied by {escape(s.decided_by or '?')}{when}{reason}"
+        return f":x: Denied by {escape(s.decided_by or '?')}{when}{_via(s)}{reason}"
     if s.state == RequestState.CANCELLED:
         return f":heavy_multiplication_x: Cancelled by the requester{when}"
     if s.state == RequestState.TIMED_OUT:
@@ -146,7 +151,7 @@ def _decided_line(status: RequestStatus) -> str:
     if s.state == RequestState.REJECTED:
         return f":no_entry_sign: Rejected: {escape(s.error or '')}"
     if s.decided_by:
-        return f":white_check_mark: Approved by {escape(s.decided_by)}{when}"
+        return f":white_check_mark: Approved by {escape(s.decided_by)}{when}{_via(s)}"
     return f"{_ICON[s.state]} {label(s.state).capitalize()}"
 
 
@@ -274,6 +279,17 @@ def relinquish_button(request_id: str) -> dict[str, Any]:
         "style": "danger",
     }
     return b
+
+
+def refused_dm(status: RequestStatus, detail: str) -> tuple[str, list[Block]]:
+    """A decision the workflow did not count, told to whoever made it in Slack."""
+    signal, _, why = detail.partition(": ")
+    text = f"Your {signal} of {status.role} for {status.requester} did not count: {why}"
+    line = (
+        f":no_entry: Your *{escape(signal)}* of `{escape(status.role)}` on `{escape(status.instance)}` "
+        f"for {escape(status.requester)} did not count: {escape(why)}"
+    )
+    return text, [section(line)]
 
 
 def outcome_dm(status: RequestStatus, event: str) -> tuple[str, list[Block]] | None:

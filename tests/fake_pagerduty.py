@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ class FakePagerDuty:
     oncalls: list[OnCall] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     fault: int | str | None = None  # an HTTP status to answer, "hang", or None
+    delay: float = 0.0  # seconds before every answer
     fault_path: str | None = None  # only this path misbehaves (None: all)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -103,6 +105,10 @@ class FakePagerDuty:
 
     def hang(self, path: str | None = None) -> None:
         self.fault, self.fault_path = "hang", path
+
+    def slow(self, seconds: float) -> None:
+        """Answer every request correctly, but only after this long (a slow PagerDuty)."""
+        self.delay = seconds
 
     def paths(self) -> list[str]:
         with self._lock:
@@ -245,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         record = Recorded("GET", parts.path, query, {k: v for k, v in self.headers.items()})
         with pd._lock:
             pd.requests.append(record)
+        if pd.delay:
+            time.sleep(pd.delay)
 
         if pd.fault is not None and pd.fault_path in (None, parts.path):
             if pd.fault == "hang":

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.decisions import DecisionActivities
     from activities.notify import NotifyActivities
     from activities.pagerduty import PagerDutyActivities
     from activities.postgres import PostgresActivities
@@ -29,17 +31,21 @@ with workflow.unsafe.imports_passed_through():
         Approvers,
         Decision,
         GrantInput,
+        GrantResult,
         MessageRef,
         Notification,
         NotificationEvent,
         OnCallCheck,
         OnCallResult,
+        Origin,
         Policy,
+        PrepareResult,
         RefusedSignal,
         RequestState,
         RequestStatus,
         RevokeInput,
         RevokeResult,
+        VerifyDecision,
     )
     from rolecall.policy import label, refusal
     from rolecall.temporal import AUTO_APPROVED, EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, STATE
@@ -67,6 +73,10 @@ def failure_reason(err: BaseException) -> tuple[str, str | None]:
     if isinstance(cause, TimeoutError):
         return "timed out (is the database reachable?)", "Timeout"
     return str(cause), None
+
+
+def _cancelled(err: ActivityError) -> bool:
+    return isinstance(err.cause, CancelledError)
 
 
 @workflow.defn
@@ -98,6 +108,8 @@ class AccessRequestWorkflow:
         # Set before the first GRANT can run, removed once the revoke is proven or no grant
         # happened; the reconciler revokes what stays past it.
         self._held_until: datetime | None = None
+        self._decisions = asyncio.Lock()  # decisions are settled one at a time
+        self._signatures: set[str] = set()  # each signed decision counts once
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -127,35 +139,21 @@ class AccessRequestWorkflow:
         s.approvers = policy.approvers
         s.approver_channel = policy.slack_channel
         s.allow_self_approval = policy.allow_self_approval
+        s.accept_unverified_decisions = policy.accept_unverified_decisions
         self._checked = True
 
         oncall = await self._check_oncall(policy)
         s.on_call_detail = oncall.detail
-        if oncall.on_call:
-            s.auto_approved = True
-            s.decided_by = "pagerduty"
-            s.decided_at = workflow.now()
-            s.decision_reason = oncall.detail
-            if check.duration > policy.auto_approve_max:
-                s.duration = policy.auto_approve_max
-                s.warnings = [
-                    *s.warnings,
-                    f"auto-approved access is capped at {format_duration(policy.auto_approve_max)}"
-                    f" (asked for {format_duration(check.duration)})",
-                ]
-            self._decision = "approve"
-            self._may_hold(policy)
-            self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+        # A person who decided while PagerDuty was being asked wins over the auto-approval.
+        decided_first = self._decision is not None and workflow.patched("decision-during-oncall-wins")
+        if oncall.on_call and not decided_first:
+            self._auto_approve(policy, check.duration)
         else:
+            if oncall.on_call:
+                s.on_call_detail = f"{oncall.detail} (not used: {s.decided_by} decided first)"
             self._set_state(RequestState.PENDING, "waiting for an approver")
             self._notify("requested")
-            try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None,
-                    timeout=policy.approval_timeout,
-                    timeout_summary="approval timeout",
-                )
-            except builtins.TimeoutError:
+            if not await self._wait_for_decision(policy):
                 s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
                 return await self._finish(RequestState.TIMED_OUT, "timed_out")
 
@@ -173,41 +171,50 @@ class AccessRequestWorkflow:
         return await self._grant_then_revoke(policy)
 
     async def _grant_then_revoke(self, policy: Policy) -> RequestStatus:
+        granted = await self._grant(policy)
+        if isinstance(granted, RequestStatus):
+            return granted
+        return await self._hold_then_revoke(policy, granted.owned)
+
+    async def _grant(self, policy: Policy) -> GrantResult | RequestStatus:
+        """The grant, or the finished request when it failed or was cancelled meanwhile.
+
+        Both activities wait for their cancellation to complete, and the grant activity lets
+        a GRANT in flight finish first: a revoke after a cancel can never run before a late
+        GRANT commits.
+        """
         s = self._status
         assert s.db_user is not None and s.duration is not None
         grant = GrantInput(
             request_id=s.id, instance=s.instance, role=s.role, db_user=s.db_user, target=policy.target
         )
-        grant_retry = RetryPolicy(
-            maximum_interval=timedelta(seconds=15), non_retryable_error_types=NON_RETRYABLE
-        )
+        options: dict[str, Any] = {
+            "heartbeat_timeout": _DB_HEARTBEAT,
+            "start_to_close_timeout": timedelta(seconds=30),
+            "schedule_to_close_timeout": policy.grant_timeout,
+            "retry_policy": RetryPolicy(
+                maximum_interval=timedelta(seconds=15), non_retryable_error_types=NON_RETRYABLE
+            ),
+            "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        }
         grant_attempted = False
-        owned: list[str] | None = None
         try:
-            prep = await workflow.execute_activity_method(
-                PostgresActivities.prepare_grant,
-                grant,
-                heartbeat_timeout=_DB_HEARTBEAT,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=policy.grant_timeout,
-                retry_policy=grant_retry,
+            prep: PrepareResult = await workflow.execute_activity_method(
+                PostgresActivities.prepare_grant, grant, **options
             )
             s.pre_existing = prep.pre_existing
             if prep.pre_existing:
                 self._held_until = None  # rolecall grants nothing, so holds nothing
-            else:
-                grant_attempted = True
-                granted = await workflow.execute_activity_method(
-                    PostgresActivities.grant_role,
-                    grant,
-                    heartbeat_timeout=_DB_HEARTBEAT,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    schedule_to_close_timeout=policy.grant_timeout,
-                    retry_policy=grant_retry,
-                )
-                owned = granted.owned
-                s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
+                return GrantResult(granted=False, owned=[])
+            grant_attempted = True
+            granted: GrantResult = await workflow.execute_activity_method(
+                PostgresActivities.grant_role, grant, **options
+            )
+            s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
+            return granted
         except ActivityError as e:
+            if _cancelled(e) and workflow.patched("cancel-during-grant-revokes"):
+                return await self._cancelled_while_granting(policy, grant_attempted)
             s.error, s.error_type = failure_reason(e)
             s.error = f"grant failed: {s.error}"
             if grant_attempted and s.error_type != "GrantFailed":
@@ -222,6 +229,22 @@ class AccessRequestWorkflow:
             self._held_until = None
             return await self._finish(RequestState.FAILED, "failed")
 
+    async def _cancelled_while_granting(self, policy: Policy, grant_attempted: bool) -> RequestStatus:
+        s = self._status
+        s.decision_reason = "workflow cancelled by an operator while granting"
+        if grant_attempted:
+            # The grant activity has finished (its GRANT committed or never will): revoke now.
+            self._set_state(RequestState.REVOKING, "cancelled while granting, revoking")
+            await self._revoke(policy, None)
+            s.revoked_at = workflow.now()
+        self._held_until = None
+        return await self._finish(RequestState.CANCELLED, "cancelled")
+
+    async def _hold_then_revoke(self, policy: Policy, owned: list[str] | None) -> RequestStatus:
+        s = self._status
+        assert s.duration is not None
+        if s.pre_existing:
+            owned = None
         s.granted_at = workflow.now()
         s.expires_at = s.granted_at + s.duration
         if self._held_until is not None:
@@ -294,6 +317,44 @@ class AccessRequestWorkflow:
                 if max_attempts == 0:
                     await workflow.sleep(_REVOKE_PAUSE_AFTER_NON_RETRYABLE)
                 max_attempts = 0
+
+    def _auto_approve(self, policy: Policy, asked: timedelta) -> None:
+        s = self._status
+        s.auto_approved = True
+        s.decided_by = "pagerduty"
+        s.decided_at = workflow.now()
+        s.decision_reason = s.on_call_detail
+        if asked > policy.auto_approve_max:
+            s.duration = policy.auto_approve_max
+            s.warnings = [
+                *s.warnings,
+                f"auto-approved access is capped at {format_duration(policy.auto_approve_max)}"
+                f" (asked for {format_duration(asked)})",
+            ]
+        self._decision = "approve"
+        self._may_hold(policy)
+        self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+
+    async def _wait_for_decision(self, policy: Policy) -> bool:
+        """False when the approval timeout passed with no decision.
+
+        A decision that reaches the workflow in the same task as the timeout wins: the
+        approver acted within the deadline as far as anyone could see. Handlers of this task
+        run first (sleep(0) yields to them, without a timer), so the result does not depend
+        on the order in which the server delivered the two.
+        """
+        try:
+            await workflow.wait_condition(
+                lambda: self._decision is not None,
+                timeout=policy.approval_timeout,
+                timeout_summary="approval timeout",
+            )
+        except builtins.TimeoutError:
+            if not workflow.patched("decision-at-timeout-wins"):
+                return False
+            await asyncio.sleep(0)
+            return self._decision is not None
+        return True
 
     def _may_hold(self, policy: Policy) -> None:
         """From here a GRANT may commit: the ledger holds the latest the grant could end."""
@@ -371,7 +432,7 @@ class AccessRequestWorkflow:
             f"on `{s.instance}`"
         )
 
-    def _notify(self, event: NotificationEvent, detail: str = "") -> None:
+    def _notify(self, event: NotificationEvent, detail: str = "", recipient: str | None = None) -> None:
         """Queue a notification behind the previous one; the caller does not wait for it."""
         previous = self._notify_tail
         snapshot = self._status.model_copy(deep=True)
@@ -382,7 +443,13 @@ class AccessRequestWorkflow:
             try:
                 result = await workflow.execute_activity_method(
                     NotifyActivities.notify,
-                    Notification(event=event, status=snapshot, messages=dict(self._messages), detail=detail),
+                    Notification(
+                        event=event,
+                        status=snapshot,
+                        messages=dict(self._messages),
+                        detail=detail,
+                        recipient=recipient,
+                    ),
                     start_to_close_timeout=timedelta(seconds=30),
                     schedule_to_close_timeout=timedelta(minutes=10),
                     retry_policy=_NOTIFY_RETRY,
@@ -406,47 +473,88 @@ class AccessRequestWorkflow:
         return self._status
 
     @workflow.signal
-    def approve(self, d: Decision) -> None:
-        self._decide("approve", d)
+    async def approve(self, d: Decision) -> None:
+        await self._receive("approve", d)
 
     @workflow.signal
-    def deny(self, d: Decision) -> None:
-        self._decide("deny", d)
+    async def deny(self, d: Decision) -> None:
+        await self._receive("deny", d)
 
     @workflow.signal
-    def cancel(self, d: Decision) -> None:
-        self._decide("cancel", d)
+    async def cancel(self, d: Decision) -> None:
+        await self._receive("cancel", d)
 
     @workflow.signal
-    def relinquish(self, d: Decision) -> None:
-        if self._refused("relinquish", d):
-            return
-        self._relinquished = d
-        self._status.decision_reason = d.reason or self._status.decision_reason
+    async def relinquish(self, d: Decision) -> None:
+        await self._receive("relinquish", d)
 
-    def _decide(self, kind: DecisionKind, d: Decision) -> None:
-        if self._decision is not None and self._status.state == RequestState.PENDING:
+    async def _receive(self, signal: str, d: Decision) -> None:
+        """One decision at a time, in arrival order: where it came from, then whether it counts.
+
+        An unsigned decision is settled without yielding (as before signatures existed); a
+        signed one waits for its verification, and the lock keeps later ones behind it.
+        """
+        async with self._decisions:
+            via = await self._origin(signal, d)
+            if via is None:
+                return
+            if signal == "relinquish":
+                if self._refused("relinquish", d, via):
+                    return
+                self._relinquished = d
+                self._status.decision_reason = d.reason or self._status.decision_reason
+                return
+            self._decide(signal, d, via)  # type: ignore[arg-type]
+
+    async def _origin(self, signal: str, d: Decision) -> Origin | None:
+        """ "slack (verified)", "cli" or "unverified"; None when a signature is refused (recorded)."""
+        if d.signature is None or not workflow.patched("verified-decisions"):
+            return "cli" if d.via == "cli" else "unverified"
+        if d.signature in self._signatures:
+            self._refuse(signal, d, "this signed decision was already used (replayed)", "unverified")
+            return None
+        self._signatures.add(d.signature)
+        result = await workflow.execute_local_activity_method(
+            DecisionActivities.verify_decision,
+            VerifyDecision(request_id=self._status.id, signal=signal, decision=d),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        if not result.ok:
+            self._refuse(signal, d, f"Slack signature refused: {result.why}", "unverified")
+            return None
+        return "slack (verified)"
+
+    def _decide(self, kind: DecisionKind, d: Decision, via: Origin) -> None:
+        if (
+            self._decision is not None
+            and self._status.state == RequestState.PENDING
+            and workflow.patched("first-decision-wins")
+        ):
             # Two decisions in one workflow task: the first one wins, the second is refused.
             done = {"approve": "approved", "deny": "denied", "cancel": "cancelled"}[self._decision]
-            self._refuse(kind, d, f"already {done} by {self._status.decided_by}")
+            self._refuse(kind, d, f"already {done} by {self._status.decided_by}", via)
             return
-        if self._refused(kind, d):
+        if self._refused(kind, d, via):
             return
         s = self._status
         self._decision = kind
         s.decided_by = d.actor.lower()
         s.decided_at = workflow.now()
+        s.decided_via = via
         s.decision_reason = d.reason
 
-    def _refused(self, signal: str, d: Decision) -> bool:
-        why = refusal(signal, d.actor, self._status)
+    def _refused(self, signal: str, d: Decision, via: Origin) -> bool:
+        why = refusal(signal, d.actor, self._status, via)
         if why is None:
             return False
-        self._refuse(signal, d, why)
+        self._refuse(signal, d, why, via)
         return True
 
-    def _refuse(self, signal: str, d: Decision, why: str) -> None:
+    def _refuse(self, signal: str, d: Decision, why: str, via: str) -> None:
         workflow.logger.warning("refused %s from %s on %s: %s", signal, d.actor, self._status.id, why)
-        self._status.refused.append(
-            RefusedSignal(signal=signal, actor=d.actor.lower(), why=why, at=workflow.now())
-        )
+        refused = RefusedSignal(signal=signal, actor=d.actor.lower(), why=why, at=workflow.now(), via=via)
+        self._status.refused.append(refused)
+        # The Slack app already answered "sent"; a verified actor is told it did not count
+        # (e.g. an approval that arrived just after the request timed out).
+        if via == "slack (verified)" and d.slack_user_id and workflow.patched("tell-refused-actor"):
+            self._notify("refused", f"{signal}: {why}", recipient=d.slack_user_id)

@@ -42,6 +42,7 @@ COLUMNS = [
     "decision",
     "decided_by",
     "decided_at",
+    "decided_via",
     "decision_reason",
     "auto_approved",
     "granted_at",
@@ -156,6 +157,7 @@ def _from_status(s: RequestStatus) -> dict[str, Any]:
         "decision": _decision(s),
         "decided_by": s.decided_by or "",
         "decided_at": _iso(s.decided_at),
+        "decided_via": s.decided_via or ("pagerduty" if s.auto_approved else ""),
         "decision_reason": s.decision_reason or (s.on_call_detail if s.auto_approved else ""),
         "auto_approved": s.auto_approved,
         "granted_at": _iso(s.granted_at),
@@ -163,7 +165,8 @@ def _from_status(s: RequestStatus) -> dict[str, Any]:
         "revoked_at": _iso(s.revoked_at),
         "error": s.error or "",
         "refused": [
-            {"signal": r.signal, "actor": r.actor, "at": _iso(r.at), "why": r.why} for r in s.refused
+            {"signal": r.signal, "actor": r.actor, "at": _iso(r.at), "why": r.why, "via": r.via}
+            for r in s.refused
         ],
         "warnings": list(s.warnings),
         "source": s.source,
@@ -183,7 +186,8 @@ async def _from_history(client: Client, wf: WorkflowExecution) -> dict[str, Any]
             attrs = event.workflow_execution_signaled_event_attributes
             d = converter.from_payloads(attrs.input.payloads, [Decision])[0] if attrs.input.payloads else None
             at = _iso(event.event_time.ToDatetime(tzinfo=UTC))
-            signals.append(f"{attrs.signal_name} by {d.actor if d else '?'} at {at}")
+            origin = f" ({d.via}, signed)" if d and d.signature else (f" ({d.via})" if d else "")
+            signals.append(f"{attrs.signal_name} by {d.actor if d else '?'} at {at}{origin}")
     row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
     row.update(
         id=wf.id,

@@ -40,6 +40,8 @@ from tests.fake_pagerduty import FakePagerDuty
 from worker import build_worker
 
 ADMIN_DSN_ENV = "ROLECALL_TEST_ADMIN_DSN"
+# Shared by the tests' workers and the tests' Slack apps, as ROLECALL_DECISION_KEY would be.
+DECISION_KEY = b"rolecall-test-decision-key"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -335,7 +337,13 @@ async def make_stack(
             )
             if worker:
                 await exits.enter_async_context(
-                    build_worker(stack.client, ConfigStore(path), stack.task_queue, slack_client=slack_client)
+                    build_worker(
+                        stack.client,
+                        ConfigStore(path),
+                        stack.task_queue,
+                        slack_client=slack_client,
+                        decision_key=DECISION_KEY,
+                    )
                 )
             return stack
 

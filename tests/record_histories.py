@@ -14,8 +14,9 @@ import asyncio
 import os
 import tempfile
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -25,11 +26,15 @@ from temporalio.testing import WorkflowEnvironment
 from rolecall.config import ConfigStore
 from rolecall.models import AccessRequest, Decision
 from rolecall.operations import decide, get_status, handle, submit
+from rolecall.signing import sign
 from rolecall.temporal import SEARCH_ATTRIBUTES
-from tests.conftest import temporal_binary
+from tests.conftest import DECISION_KEY, temporal_binary
 from worker import build_worker
 
-VERSION = "v3"  # v2: skip-disabled-oncall, approval-told-with-grant; v3: ledger-search-attributes
+# v2: skip-disabled-oncall, approval-told-with-grant; v3: ledger-search-attributes;
+# v4: verified-decisions, first-decision-wins, decision-at-timeout-wins (signed Slack decisions,
+# two decisions in one task, an approval in the same task as the approval timeout)
+VERSION = "v4"
 OUT = Path(__file__).parent / "histories"
 
 
@@ -75,9 +80,48 @@ async def main() -> None:
         (OUT / f"{VERSION}-{name}.json").write_text(history.to_json())
         print(name, (await get_status(client, s.id)).state.value)
 
+    def worker() -> Any:
+        return build_worker(client, ConfigStore(config), "record", decision_key=DECISION_KEY)
+
+    def signed(rid: str, signal: str) -> Decision:
+        d = Decision(actor="dba@example.com", via="slack", slack_user_id="UDBA")
+        return sign(DECISION_KEY, rid, signal, d, datetime.now(UTC))
+
+    async def offline(name: str, wait: float, steps: list[tuple[str, str]]) -> None:
+        """Signals (and timers) that reach the workflow while no worker runs: one task."""
+        async with worker():
+            s = await submit(
+                client,
+                AccessRequest(requester=email, instance="pg", role=role, duration=timedelta(seconds=2)),
+                "record",
+            )
+        await asyncio.sleep(wait)
+        h = handle(client, s.id)
+        for signal, kind in steps:
+            await h.signal(signal, signed(s.id, signal) if kind == "signed" else dba)
+        async with worker():
+            await h.result()
+        (OUT / f"{VERSION}-{name}.json").write_text((await h.fetch_history()).to_json())
+        print(name, (await get_status(client, s.id)).state.value)
+
     OUT.mkdir(exist_ok=True)
     try:
-        async with build_worker(client, ConfigStore(config), "record"):
+        if VERSION >= "v4":
+            await offline("two_decisions_one_task", 0, [("approve", "plain"), ("deny", "plain")])
+            await offline("approved_with_the_timeout", 3, [("approve", "signed")])
+            async with worker():
+                s = await submit(
+                    client,
+                    AccessRequest(requester=email, instance="pg", role=role, duration=timedelta(seconds=2)),
+                    "record",
+                )
+                await asyncio.sleep(0.5)
+                await handle(client, s.id).signal("approve", signed(s.id, "approve"))
+                await handle(client, s.id).result()
+                h = handle(client, s.id)
+                (OUT / f"{VERSION}-verified.json").write_text((await h.fetch_history()).to_json())
+                print("verified", (await get_status(client, s.id)).state.value)
+        async with worker():
             await scenario("relinquished", timedelta(hours=1), [("approve", dba), ("relinquish", me)])
             await scenario("expired", timedelta(seconds=2), [("approve", dba)])
             await scenario("denied", timedelta(hours=1), [("deny", dba)])

@@ -110,6 +110,7 @@ class AccessRequestWorkflow:
         self._held_until: datetime | None = None
         self._decisions = asyncio.Lock()  # decisions are settled one at a time
         self._signatures: set[str] = set()  # each signed decision counts once
+        self._settling = 0  # decisions received, not yet counted or refused
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -352,7 +353,8 @@ class AccessRequestWorkflow:
         except builtins.TimeoutError:
             if not workflow.patched("decision-at-timeout-wins"):
                 return False
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # decisions delivered with the timer start here
+            await workflow.wait_condition(lambda: self._settling == 0)  # and are verified
             return self._decision is not None
         return True
 
@@ -494,6 +496,13 @@ class AccessRequestWorkflow:
         An unsigned decision is settled without yielding (as before signatures existed); a
         signed one waits for its verification, and the lock keeps later ones behind it.
         """
+        self._settling += 1
+        try:
+            await self._settle(signal, d)
+        finally:
+            self._settling -= 1
+
+    async def _settle(self, signal: str, d: Decision) -> None:
         async with self._decisions:
             via = await self._origin(signal, d)
             if via is None:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,6 +79,8 @@ class PagerDutyActivities:
             if not token:
                 raise CheckFailed(f"environment variable {pd.token_env} (the PagerDuty API token) is not set")
             duties = duties_for(config, inp.instance)
+            if inp.max_escalation_level is not None:  # the request's rule sets its own level
+                duties = replace(duties, max_escalation_level=inp.max_escalation_level)
             try:
                 result = await asyncio.wait_for(
                     asyncio.to_thread(_check, pd.url, token, budget, inp.requester.lower(), duties),

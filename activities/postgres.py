@@ -52,6 +52,7 @@ from rolecall.pg import (
     grantor_oid,
     owned_objects,
 )
+from rolecall.rules import check_reason
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,16 @@ class PostgresActivities:
         config = self._config.get()
         inst = config.instance(req.instance)
         inst.check_requester(req.requester)
+        rule = inst.rule_for(req.role, config.pagerduty)
+        check_reason(rule, req.reason, req.break_glass)
         if req.duration.total_seconds() <= 0:
             raise BadRequest("duration must be positive")
-        if req.duration > inst.max_duration:
+        limit = rule.break_glass_max if req.break_glass and rule.break_glass_max else rule.max_duration
+        if req.duration > limit:
+            what = "break-glass maximum" if req.break_glass else "maximum"
             raise BadRequest(
-                f"duration {format_duration(req.duration)} is over the maximum of "
-                f"{format_duration(inst.max_duration)} on instance {inst.name!r}"
+                f"duration {format_duration(req.duration)} is over the {what} of "
+                f"{format_duration(limit)} for {req.role!r} on instance {inst.name!r} (rule {rule.name})"
             )
         db_user = inst.login_for(req.requester)
         async with connect(inst.target()) as conn:
@@ -167,19 +172,20 @@ class PostgresActivities:
             duration=req.duration,
             warnings=warnings,
             policy=Policy(
-                approvers=list(inst.approvers),
-                approver_groups=list(inst.approver_groups),
+                approvers=list(rule.approvers),
+                approver_groups=list(rule.approver_groups),
                 slack_channel=inst.slack_channel,
-                allow_self_approval=inst.allow_self_approval,
-                accept_unverified_decisions=inst.accept_unverified_decisions,
-                max_duration=inst.max_duration,
-                approval_timeout=inst.approval_timeout,
+                allow_self_approval=rule.allow_self_approval,
+                max_duration=rule.max_duration,
+                approval_timeout=rule.approval_timeout,
                 grant_timeout=inst.grant_timeout,
-                terminate_sessions=inst.terminate_sessions,
+                terminate_sessions=rule.terminate_sessions,
                 revoke_alert_after=inst.revoke_alert_after,
-                auto_approve_max=config.pagerduty.auto_approve_max,
-                pagerduty_enabled=config.pagerduty.enabled,
+                auto_approve_max=rule.auto_approve_max,
+                pagerduty_enabled=rule.auto_approve == "on_call",
+                accept_unverified_decisions=inst.accept_unverified_decisions,
                 target=inst.target(),
+                rule=rule,
             ),
         )
 

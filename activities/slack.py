@@ -75,6 +75,14 @@ class SlackNotifier:
                 await self._approval(s, refs, post=False)
                 await self._requester(s, refs, post=False)
                 await self._put(refs, "grant", await self._dm_channel(s), *kit.grant_message(s))
+            elif ev in ("approval_progress", "reviewed"):
+                await self._approval(s, refs, post=False)
+            elif ev == "break_glass":
+                await self._approval(s, refs, post=True)
+                await self._requester(s, refs, post=True)
+            elif ev == "review_overdue":
+                await self._approval(s, refs, post=False)
+                await self._review_overdue(s, refs)
             elif ev == "refused":
                 if note.recipient:
                     channel = await self._dm_user(note.recipient)
@@ -101,6 +109,28 @@ class SlackNotifier:
                 return NotifyResult(messages=refs)
             raise
         return NotifyResult(messages=refs)
+
+    async def _review_overdue(self, s: RequestStatus, refs: dict[str, MessageRef]) -> None:
+        """A reply in the alert's thread mentioning the approvers, and a DM to each of them."""
+        text, blocks = kit.review_reminder(s)
+        mentions = []
+        for email in s.approvers:
+            try:
+                found = await self._client.users_lookupByEmail(email=email)
+            except SlackApiError:
+                continue
+            user = str(found["user"]["id"])
+            mentions.append(f"<@{user}>")
+            if f"overdue_{user}" not in refs:
+                await self._put(refs, f"overdue_{user}", await self._dm_user(user), text, blocks)
+        card = refs.get("approval")
+        if card is not None and "overdue_thread" not in refs:
+            reply = f"{' '.join(mentions)} {text}".strip()
+            resp = await self._client.chat_postMessage(
+                channel=card.channel, thread_ts=card.ts, text=reply, blocks=[kit.section(kit.escape(reply))]
+            )
+            refs["overdue_thread"] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
+            _record_refs(refs)
 
     async def _approval(self, s: RequestStatus, refs: dict[str, MessageRef], post: bool) -> None:
         if "approval" in refs:

@@ -44,6 +44,11 @@ COLUMNS = [
     "decided_at",
     "decided_via",
     "decision_reason",
+    "rule",
+    "approvals",
+    "break_glass",
+    "reviewed_by",
+    "reviewed_at",
     "auto_approved",
     "granted_at",
     "expires_at",
@@ -158,6 +163,11 @@ def _from_status(s: RequestStatus) -> dict[str, Any]:
         "decided_by": s.decided_by or "",
         "decided_at": _iso(s.decided_at),
         "decided_via": s.decided_via or ("pagerduty" if s.auto_approved else ""),
+        "rule": s.rule,
+        "approvals": [{"by": a.by, "at": _iso(a.at), "via": a.via} for a in s.approvals],
+        "break_glass": s.break_glass,
+        "reviewed_by": s.reviewed_by or "",
+        "reviewed_at": _iso(s.reviewed_at),
         "decision_reason": s.decision_reason or (s.on_call_detail if s.auto_approved else ""),
         "auto_approved": s.auto_approved,
         "granted_at": _iso(s.granted_at),
@@ -215,14 +225,16 @@ def _iso(t: datetime | None) -> str:
 
 
 def _flat(value: Any) -> str:
-    """A CSV cell: lists as `signal by actor at time: why` joined with ` | `."""
+    """A CSV cell: refusals as `signal by actor at time: why`, approvals as `by at time (via)`."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
         parts = []
         for item in value:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and "signal" in item:  # a refused decision
                 parts.append(f"{item['signal']} by {item['actor']} at {item['at']}: {item['why']}")
+            elif isinstance(item, dict):  # an approval
+                parts.append(f"{item['by']} at {item['at']} ({item['via']})")
             else:
                 parts.append(str(item))
         return " | ".join(parts)

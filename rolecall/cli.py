@@ -60,17 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", required=True, type=_duration, help="e.g. 90s, 15m, 2h, 1h30m")
     r.add_argument("--reason", default="")
     r.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
+    r.add_argument(
+        "--break-glass", action="store_true", help="emergency access where the role's rule allows it"
+    )
 
     for name, helptext in [
         ("approve", "approve a pending request"),
         ("deny", "deny a pending request"),
         ("cancel", "cancel your own pending request"),
         ("relinquish", "give back access before it expires"),
+        ("review", "mark a break-glass grant reviewed"),
     ]:
         d = sub.add_parser(name, help=helptext)
         d.add_argument("id")
         d.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
-        d.add_argument("--reason", default="")
+        d.add_argument("--reason", "--note", dest="reason", default="")
 
     st = sub.add_parser("status", help="show one request")
     st.add_argument("id")
@@ -134,8 +138,17 @@ def _print_status(s: RequestStatus) -> None:
         ("duration", format_duration(s.duration or s.requested_duration)),
         ("reason", s.reason),
         ("requested_at", s.requested_at),
+        ("rule", s.rule if s.rule != "default" else ""),
         ("decided_by", s.decided_by),
         ("decided_at", s.decided_at),
+        ("decided_via", s.decided_via),
+        (
+            "approvals",
+            ", ".join(f"{a.by} ({a.via})" for a in s.approvals) if s.approvals_required > 1 else "",
+        ),
+        ("break_glass", s.break_glass or ""),
+        ("reviewed_by", s.reviewed_by),
+        ("reviewed_at", s.reviewed_at),
         ("auto_approved", s.auto_approved),
         ("granted_at", s.granted_at),
         ("expires_at", s.expires_at),
@@ -172,6 +185,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "request":
         from rolecall.config import load
         from rolecall.errors import ConfigError
+        from rolecall.rules import check_reason
 
         # Refused here, before a workflow exists, where the policy file is at hand; the
         # check activity refuses it again either way.
@@ -180,7 +194,9 @@ async def _run(args: argparse.Namespace) -> int:
         except ConfigError:
             policy = None
         if policy is not None and args.instance in policy.instances:
-            policy.instances[args.instance].check_requester(args.actor)
+            inst = policy.instances[args.instance]
+            inst.check_requester(args.actor)
+            check_reason(inst.rule_for(args.role, policy.pagerduty), args.reason, args.break_glass)
         req = AccessRequest(
             requester=args.actor,
             instance=args.instance,
@@ -188,6 +204,7 @@ async def _run(args: argparse.Namespace) -> int:
             duration=args.duration,
             reason=args.reason,
             source="cli",
+            break_glass=args.break_glass,
         )
         status = await operations.submit(client, req, settings.task_queue)
         print(
@@ -198,7 +215,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"warning: {w}")
         print(status.id)
         return 0
-    if args.command in ("approve", "deny", "cancel", "relinquish"):
+    if args.command in ("approve", "deny", "cancel", "relinquish", "review"):
         decision = Decision(actor=args.actor, reason=args.reason, via="cli")
         await operations.decide(client, args.id, args.command, decision)
         print(f"{args.command} sent for {args.id}")

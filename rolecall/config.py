@@ -13,7 +13,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -30,13 +30,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rolecall.durations import parse_duration
 from rolecall.errors import BadRequest, ConfigError, NotAllowed
-from rolecall.models import Target
+from rolecall.models import AppliedRule, Target
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "rolecall.toml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _GLOB_CHARS = set("*?[")
+
+
+def _matches(pattern: str, role: str) -> bool:
+    if _GLOB_CHARS & set(pattern):
+        return fnmatch.fnmatchcase(role, pattern)
+    return role == pattern
+
+
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 # How long a stopping worker lets its in-flight grants and revokes finish before it cancels
@@ -69,7 +77,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Instance(_Strict):
+AutoApprove = Literal["never", "on_call", "always"]
+
+
+class _RuleKeys(_Strict):
+    """Keys an instance sets for all its roles and a rule may set again for some of them."""
+
+    approvals_required: int | None = Field(default=None, ge=1, le=10)
+    auto_approve: AutoApprove | None = None  # None: "on_call" when [pagerduty] is enabled
+    on_call_max_escalation_level: int | None = Field(default=None, ge=1)
+    auto_approve_max: Duration | None = None  # None: [pagerduty] auto_approve_max
+    require_reason: bool | None = None
+    reason_pattern: str | None = None
+    break_glass: bool | None = None
+    break_glass_max: Duration | None = None
+    review_within: Duration | None = None
+
+    @field_validator("reason_pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"{value!r} is not a valid regular expression ({e})") from None
+        return value
+
+
+class Rule(_RuleKeys):
+    """Who approves which of an instance's roles, and how; the first rule whose roles match wins.
+
+    Every key left out is the instance's.
+    """
+
+    name: str = Field(min_length=1, max_length=60)
+    roles: list[str] = Field(min_length=1)
+    approvers: list[str] | None = None
+    approver_groups: list[str] | None = None
+    allow_self_approval: bool | None = None
+    default_duration: Duration | None = None
+    max_duration: Duration | None = None
+    approval_timeout: Duration | None = None
+    terminate_sessions: bool | None = None
+
+    @field_validator("approvers")
+    @classmethod
+    def _emails(cls, value: list[str] | None) -> list[str] | None:
+        for email in value or []:
+            if not _EMAIL.match(email):
+                raise ValueError(f"{email!r} is not an email address")
+        return [e.lower() for e in value] if value is not None else None
+
+    def matches(self, role: str) -> bool:
+        return any(_matches(pattern, role) for pattern in self.roles)
+
+
+class Instance(_RuleKeys):
     """One PostgreSQL server (and database) whose roles can be lent."""
 
     name: str = ""
@@ -109,6 +172,8 @@ class Instance(_Strict):
     # Both empty would be any duty at all: refused unless [pagerduty] any_duty = true.
     pagerduty_schedule_ids: list[str] | None = None
     pagerduty_escalation_policy_ids: list[str] | None = None
+    # Per-role rules, matched in order; see rolecall.example.toml.
+    rules: list[Rule] = []
 
     _check_pagerduty_ids = field_validator("pagerduty_schedule_ids", "pagerduty_escalation_policy_ids")(
         _pagerduty_ids
@@ -178,7 +243,32 @@ class Instance(_Strict):
             raise ValueError("needs at least one approver (approvers or approver_groups)")
         if self.default_duration > self.max_duration:
             raise ValueError("default_duration is longer than max_duration")
+        for i, rule in enumerate([None, *self.rules]):
+            where = "" if rule is None else f"rules[{i - 1}] ({rule.name})."
+            self._check_rule(where, rule)
         return self
+
+    def _check_rule(self, where: str, rule: Rule | None) -> None:
+        def get(key: str) -> Any:
+            value = getattr(rule, key, None) if rule is not None else None
+            return value if value is not None else getattr(self, key, None)
+
+        required = get("approvals_required") or 1
+        approvers, groups = get("approvers") or [], get("approver_groups") or []
+        if rule is not None and rule.approvers is not None and not rule.approvers and not groups:
+            raise ValueError(f"{where}approvers: needs at least one approver (approvers or approver_groups)")
+        if required > len(approvers) and not groups:
+            raise ValueError(
+                f"{where}approvals_required: {required} distinct approvals, but only {len(approvers)} "
+                "approver(s) can give one (the requester never counts)"
+            )
+        if get("break_glass") and get("break_glass_max") is None:
+            raise ValueError(
+                f"{where}break_glass_max: break_glass = true needs a break_glass_max (e.g. '30m')"
+            )
+        default, maximum = get("default_duration"), get("max_duration")
+        if rule is not None and default is not None and maximum is not None and default > maximum:
+            raise ValueError(f"{where}default_duration: longer than max_duration")
 
     def pagerduty_duties(self, pd: PagerDuty) -> tuple[list[str], list[str]]:
         """(schedule IDs, escalation policy IDs) that count here: its own pair, else [pagerduty]'s."""
@@ -217,13 +307,65 @@ class Instance(_Strict):
             )
 
     def is_requestable(self, role: str) -> bool:
-        for pattern in self.roles:
-            if _GLOB_CHARS & set(pattern):
-                if fnmatch.fnmatchcase(role, pattern):
-                    return True
-            elif role == pattern:
-                return True
-        return False
+        return any(_matches(pattern, role) for pattern in self.roles)
+
+    def rule_for(self, role: str, pd: PagerDuty) -> AppliedRule:
+        """The rule that applies to this role: the first that matches, over the instance's keys.
+
+        An instance without rules (or a role no rule names) gets the instance's own keys, under
+        the name "default", exactly as before rules existed.
+        """
+        rule = next((r for r in self.rules if r.matches(role)), None)
+
+        def pick(key: str, default: Any) -> Any:
+            for source in (rule, self):
+                value = getattr(source, key, None) if source is not None else None
+                if value is not None:
+                    return value
+            return default
+
+        auto = pick("auto_approve", "on_call" if pd.enabled else "never")
+        if auto == "on_call" and not pd.enabled:
+            auto = "never"  # nothing to ask: a rule can't turn PagerDuty on
+        return AppliedRule(
+            name=rule.name if rule else "default",
+            approvers=list(pick("approvers", [])),
+            approver_groups=list(pick("approver_groups", [])),
+            approvals_required=pick("approvals_required", 1),
+            allow_self_approval=pick("allow_self_approval", False),
+            default_duration=pick("default_duration", timedelta(hours=1)),
+            max_duration=pick("max_duration", timedelta(hours=8)),
+            approval_timeout=pick("approval_timeout", timedelta(hours=24)),
+            terminate_sessions=pick("terminate_sessions", True),
+            auto_approve=auto,
+            on_call_max_escalation_level=pick("on_call_max_escalation_level", pd.max_escalation_level),
+            auto_approve_max=pick("auto_approve_max", pd.auto_approve_max),
+            require_reason=pick("require_reason", False),
+            reason_pattern=pick("reason_pattern", None),
+            break_glass=pick("break_glass", False),
+            break_glass_max=pick("break_glass_max", None),
+            review_within=pick("review_within", timedelta(hours=12)),
+        )
+
+    def rule_warnings(self) -> list[str]:
+        """Rules that can never apply: every pattern is taken by an earlier rule, or by no role."""
+        out = []
+        for i, rule in enumerate(self.rules):
+            earlier = [q for r in self.rules[:i] for q in r.roles]
+            if all(any(fnmatch.fnmatchcase(p, q) for q in earlier) for p in rule.roles):
+                out.append(
+                    f"instances.{self.name}.rules[{i}] ({rule.name}): never applies, earlier rules take "
+                    f"all of its roles ({', '.join(rule.roles)})"
+                )
+            elif not any(
+                any(fnmatch.fnmatchcase(p, q) or fnmatch.fnmatchcase(q, p) for q in self.roles)
+                for p in rule.roles
+            ):
+                out.append(
+                    f"instances.{self.name}.rules[{i}] ({rule.name}): none of its roles "
+                    f"({', '.join(rule.roles)}) is requestable on this instance"
+                )
+        return out
 
     def login_for(self, email: str) -> str:
         email = email.lower()
@@ -382,10 +524,28 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("; ".join(problems)) from None
 
 
-def _describe(error: ValidationError) -> str:
+def _where(loc: tuple[Any, ...], raw: dict[str, Any] | None) -> str:
+    """`instances.prod.rules[1] (billing).approvals_required` for a key inside a rule."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and i > 0 and loc[i - 1] == "rules":
+            parts[-1] = f"rules[{part}]"
+            try:
+                node: Any = raw
+                for key in loc[: i + 1]:
+                    node = node[key]
+                parts[-1] += f" ({node['name']})"
+            except (KeyError, IndexError, TypeError):
+                pass
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(error: ValidationError, raw: dict[str, Any] | None = None) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"])
+        where = _where(tuple(item["loc"]), raw)
         msg = item["msg"].removeprefix("Value error, ")
         # A check across tables (loc is empty) names its keys in the message itself.
         lines.append(f"{where}: {msg}" if where else msg)
@@ -404,9 +564,13 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     try:
-        return Config.model_validate({**raw, "path": str(p)})
+        config = Config.model_validate({**raw, "path": str(p)})
     except ValidationError as e:
-        raise ConfigError(f"{p}: {_describe(e)}") from None
+        raise ConfigError(f"{p}: {_describe(e, raw)}") from None
+    for inst in config.instances.values():
+        for warning in inst.rule_warnings():
+            log.warning("%s: %s", p, warning)
+    return config
 
 
 class ConfigStore:

@@ -62,6 +62,7 @@ class AccessRequest(Model):
     reason: str = ""
     source: Literal["slack", "cli"] = "cli"
     slack_user_id: str | None = None
+    break_glass: bool = False  # emergency access: granted at once, reviewed afterwards
 
 
 class Target(Model):
@@ -81,6 +82,28 @@ class Target(Model):
     grantor: str | None = None  # GRANTED BY this role; None: the admin login itself
 
 
+class AppliedRule(Model):
+    """The rule that applied to one request, every key resolved (rule, else instance, else default)."""
+
+    name: str = "default"
+    approvers: list[str] = []
+    approver_groups: list[str] = []
+    approvals_required: int = 1
+    allow_self_approval: bool = False
+    default_duration: timedelta = timedelta(hours=1)
+    max_duration: timedelta = timedelta(hours=8)
+    approval_timeout: timedelta = timedelta(hours=24)
+    terminate_sessions: bool = True
+    auto_approve: Literal["never", "on_call", "always"] = "never"
+    on_call_max_escalation_level: int = 1
+    auto_approve_max: timedelta = timedelta(hours=1)
+    require_reason: bool = False
+    reason_pattern: str | None = None
+    break_glass: bool = False
+    break_glass_max: timedelta | None = None
+    review_within: timedelta = timedelta(hours=12)
+
+
 class Policy(Model):
     """The rules that applied to one request, snapshotted by the check activity."""
 
@@ -98,6 +121,9 @@ class Policy(Model):
     # False: only decisions made in Slack and verified by the worker count (CLI refused).
     accept_unverified_decisions: bool = True
     target: Target | None = None  # None in histories from before the snapshot existed
+    # The rule that applied; None in histories from before rules (then: one approval, and
+    # auto-approval on call exactly when PagerDuty was enabled).
+    rule: AppliedRule | None = None
 
 
 class CheckResult(Model):
@@ -110,6 +136,7 @@ class CheckResult(Model):
 class OnCallCheck(Model):
     requester: str
     instance: str
+    max_escalation_level: int | None = None  # the rule's; None: [pagerduty]'s
 
 
 class OnCallResult(Model):
@@ -158,6 +185,12 @@ class VerifyDecision(Model):
 class Verified(Model):
     ok: bool
     why: str = ""  # when not ok: why the signature does not verify
+
+
+class Approval(Model):
+    by: str
+    at: datetime
+    via: str = ""
 
 
 class RefusedSignal(Model):
@@ -250,6 +283,14 @@ class RequestStatus(Model):
     allow_self_approval: bool = False
     accept_unverified_decisions: bool = True
     refused: list[RefusedSignal] = []
+    rule: str = "default"  # the rule that applied (see AppliedRule)
+    approvals_required: int = 1
+    approvals: list[Approval] = []
+    break_glass: bool = False
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_note: str = ""
+    review_escalated_at: datetime | None = None
     # Objects the lent role came to own while it was lent (found at revoke): they outlive the
     # membership, so approvers are told. rolecall never drops them.
     new_objects: list[str] = []
@@ -268,6 +309,10 @@ NotificationEvent = Literal[
     "relinquished",
     "revoke_failing",
     "refused",  # a verified Slack actor's decision did not count: tell them why
+    "approval_progress",  # N of M: one more approval, still pending
+    "break_glass",  # emergency access granted at once: an alert for the approvers
+    "review_overdue",  # nobody reviewed a break-glass grant in time
+    "reviewed",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from rolecall.models import RequestState, RequestStatus
 
 DECISIONS = ("approve", "deny", "cancel")
-SIGNALS = (*DECISIONS, "relinquish")
+SIGNALS = (*DECISIONS, "relinquish", "review")
 
 
 VERIFIED = "slack (verified)"
@@ -31,6 +31,16 @@ def refusal(signal: str, actor: str, status: RequestStatus, via: str = "cli") ->
             f"instance {status.instance!r} accepts only decisions made in Slack and verified by "
             f"rolecall; this one is {'from the CLI' if via == 'cli' else via}"
         )
+    if signal == "review":
+        if not status.break_glass:
+            return "only break-glass grants are reviewed"
+        if is_requester:
+            return "you can't review your own break-glass access"
+        if actor not in status.approvers:
+            return f"{actor} is not an approver for instance {status.instance!r}"
+        if status.reviewed_by:
+            return f"already reviewed by {status.reviewed_by}"
+        return None
     if signal == "relinquish":
         if not is_requester:
             return f"only the requester ({status.requester}) can relinquish this access"
@@ -52,6 +62,14 @@ def refusal(signal: str, actor: str, status: RequestStatus, via: str = "cli") ->
         return None if is_requester else "only the requester can cancel a request"
     if actor not in status.approvers:
         return f"{actor} is not an approver for instance {status.instance!r}"
+    if signal == "approve" and status.approvals_required > 1:
+        if is_requester:
+            return (
+                f"the requester never counts toward the {status.approvals_required} approvals "
+                f"rule {status.rule} needs"
+            )
+        if any(a.by == actor for a in status.approvals):
+            return f"you already approved ({len(status.approvals)} of {status.approvals_required})"
     if signal == "approve" and is_requester and not status.allow_self_approval:
         return "you can't approve your own request"
     return None

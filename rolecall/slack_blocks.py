@@ -23,6 +23,7 @@ APPROVE = "rolecall_approve"
 DENY = "rolecall_deny_open"
 CANCEL = "rolecall_cancel"
 RELINQUISH = "rolecall_relinquish"
+REVIEW = "rolecall_review"
 INSTANCE_SELECT = "rolecall_instance"
 # Block IDs of the request modal (errors are keyed by block ID).
 B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
@@ -140,6 +141,8 @@ def _decided_line(status: RequestStatus) -> str:
     s = status
     when = f" on {slack_date(s.decided_at)}" if s.decided_at else ""
     reason = f": {escape(s.decision_reason)}" if s.decision_reason else ""
+    if s.break_glass:
+        return f":rotating_light: Break-glass: granted at once to {escape(s.requester)}{when}{reason}"
     if s.auto_approved:
         return f":robot_face: Auto-approved{when}: {escape(s.on_call_detail)}"
     if s.state == RequestState.DENIED:
@@ -174,19 +177,65 @@ def _outcome_line(status: RequestStatus) -> str:
 # ---- messages ----------------------------------------------------------------------------
 
 
+def _rule_lines(s: RequestStatus) -> list[Block]:
+    """Which rule applied, and for N of M the approvals so far."""
+    parts = []
+    if s.rule != "default":
+        parts.append(f"Rule: *{escape(s.rule)}*")
+    if s.approvals_required > 1:
+        done = ", ".join(f"{escape(a.by)} {slack_date(a.at)}" for a in s.approvals) or "none yet"
+        parts.append(f"{len(s.approvals)} of {s.approvals_required} approvals: {done}")
+    return [context(" · ".join(parts))] if parts else []
+
+
+def _review_blocks(s: RequestStatus) -> list[Block]:
+    if s.reviewed_by:
+        note = f": {escape(s.review_note)}" if s.review_note else ""
+        when = slack_date(s.reviewed_at) if s.reviewed_at else ""
+        return [context(f":white_check_mark: Reviewed by {escape(s.reviewed_by)} {when}{note}")]
+    blocks: list[Block] = [
+        {"type": "actions", "block_id": "review", "elements": [button("Reviewed", REVIEW, s.id, "primary")]}
+    ]
+    if s.review_escalated_at:
+        blocks.append(
+            context(f":warning: Not reviewed in time; escalated {slack_date(s.review_escalated_at)}")
+        )
+    return blocks
+
+
+def review_reminder(s: RequestStatus) -> tuple[str, list[Block]]:
+    """The escalation of an unreviewed break-glass grant: a thread reply and a DM per approver."""
+    text = f"Break-glass access of {s.requester} to {s.role} on {s.instance} still needs a review"
+    line = (
+        f":rotating_light: Nobody has reviewed {who(s)}'s break-glass access to `{escape(s.role)}` on "
+        f"`{escape(s.instance)}` yet (granted {slack_date(s.decided_at) if s.decided_at else ''}). "
+        f"Approvers: {escape(', '.join(s.approvers))}"
+    )
+    return text, [
+        section(line),
+        {"type": "actions", "elements": [button("Reviewed", REVIEW, s.id, "primary")]},
+    ]
+
+
 def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
     """The approvers' channel message; buttons only while someone must decide."""
     s = status
     title = f"{s.requester_name or s.requester} requests `{s.role}` on `{s.instance}` for {duration_of(s)}"
     text = f"Access request: {title}"
+    head = "*Access request*"
+    if s.break_glass:
+        head = ":rotating_light: *BREAK-GLASS (emergency access, granted without approval)*"
+        text = f"BREAK-GLASS: {title}"
     blocks: list[Block] = [
         section(
-            f"*Access request* from {who(s)}: role `{escape(s.role)}` on "
-            f"`{escape(s.instance)}` for *{duration_of(s)}*"
+            f"{head} from {who(s)}: role `{escape(s.role)}` on `{escape(s.instance)}` for *{duration_of(s)}*"
         ),
         _fields(s),
         *_warnings(s),
+        *_rule_lines(s),
     ]
+    if s.break_glass:
+        blocks += _review_blocks(s)
     if s.state == RequestState.PENDING and not s.auto_approved:
         blocks.append(
             {

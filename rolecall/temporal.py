@@ -22,6 +22,10 @@ AUTO_APPROVED = SearchAttributeKey.for_bool("RolecallAutoApproved")
 # once the revoke is proven, so `RolecallExpiresAt < now` lists grants that overstayed.
 LOGIN = SearchAttributeKey.for_keyword("RolecallLogin")
 EXPIRES_AT = SearchAttributeKey.for_datetime("RolecallExpiresAt")
+# The rule that applied, whether it was break-glass, and who may approve (App Home, lists).
+RULE = SearchAttributeKey.for_keyword("RolecallRule")
+BREAK_GLASS = SearchAttributeKey.for_bool("RolecallBreakGlass")
+APPROVERS = SearchAttributeKey.for_keyword_list("RolecallApprovers")
 SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [
     REQUESTER,
     INSTANCE,
@@ -30,6 +34,9 @@ SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [
     AUTO_APPROVED,
     LOGIN,
     EXPIRES_AT,
+    RULE,
+    BREAK_GLASS,
+    APPROVERS,
 ]
 
 
@@ -45,6 +52,7 @@ _DEV_SERVER_TYPES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",
     SearchAttributeIndexedValueType.BOOL: "Bool",
     SearchAttributeIndexedValueType.DATETIME: "Datetime",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
 }
 
 

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from rolecall.metrics import observe
     from rolecall.models import (
         AccessRequest,
+        Approval,
         ApproverGroups,
         Approvers,
         Decision,
@@ -48,7 +49,18 @@ with workflow.unsafe.imports_passed_through():
         VerifyDecision,
     )
     from rolecall.policy import label, refusal
-    from rolecall.temporal import AUTO_APPROVED, EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, STATE
+    from rolecall.temporal import (
+        APPROVERS,
+        AUTO_APPROVED,
+        BREAK_GLASS,
+        EXPIRES_AT,
+        INSTANCE,
+        LOGIN,
+        REQUESTER,
+        ROLE,
+        RULE,
+        STATE,
+    )
 
 DecisionKind = Literal["approve", "deny", "cancel"]
 
@@ -111,6 +123,7 @@ class AccessRequestWorkflow:
         self._decisions = asyncio.Lock()  # decisions are settled one at a time
         self._signatures: set[str] = set()  # each signed decision counts once
         self._settling = 0  # decisions received, not yet counted or refused
+        self._review_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -141,15 +154,25 @@ class AccessRequestWorkflow:
         s.approver_channel = policy.slack_channel
         s.allow_self_approval = policy.allow_self_approval
         s.accept_unverified_decisions = policy.accept_unverified_decisions
+        if policy.rule is not None:
+            s.rule = policy.rule.name
+            s.approvals_required = policy.rule.approvals_required
+            s.break_glass = req.break_glass and policy.rule.break_glass
         self._checked = True
 
-        oncall = await self._check_oncall(policy)
-        s.on_call_detail = oncall.detail
-        # A person who decided while PagerDuty was being asked wins over the auto-approval.
-        decided_first = self._decision is not None and workflow.patched("decision-during-oncall-wins")
-        if oncall.on_call and not decided_first:
+        if s.break_glass:
+            self._break_glass(policy, check.duration)
+        elif policy.rule is not None and policy.rule.auto_approve == "always":
+            s.on_call_detail = f"rule {policy.rule.name} approves {s.role} automatically"
+            self._auto_approve(policy, check.duration, "rule")
+        elif (oncall := await self._check_oncall(policy)).on_call and not (
+            # A person who decided while PagerDuty was being asked wins over the auto-approval.
+            self._decision is not None and workflow.patched("decision-during-oncall-wins")
+        ):
+            s.on_call_detail = oncall.detail
             self._auto_approve(policy, check.duration)
         else:
+            s.on_call_detail = oncall.detail
             if oncall.on_call:
                 s.on_call_detail = f"{oncall.detail} (not used: {s.decided_by} decided first)"
             self._set_state(RequestState.PENDING, "waiting for an approver")
@@ -319,10 +342,10 @@ class AccessRequestWorkflow:
                     await workflow.sleep(_REVOKE_PAUSE_AFTER_NON_RETRYABLE)
                 max_attempts = 0
 
-    def _auto_approve(self, policy: Policy, asked: timedelta) -> None:
+    def _auto_approve(self, policy: Policy, asked: timedelta, by: str = "pagerduty") -> None:
         s = self._status
         s.auto_approved = True
-        s.decided_by = "pagerduty"
+        s.decided_by = by
         s.decided_at = workflow.now()
         s.decision_reason = s.on_call_detail
         if asked > policy.auto_approve_max:
@@ -335,6 +358,38 @@ class AccessRequestWorkflow:
         self._decision = "approve"
         self._may_hold(policy)
         self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+
+    def _break_glass(self, policy: Policy, asked: timedelta) -> None:
+        """Emergency access: granted at once for at most break_glass_max, reviewed afterwards."""
+        s, rule = self._status, policy.rule
+        assert rule is not None and rule.break_glass_max is not None
+        s.decided_by = s.requester
+        s.decided_at = workflow.now()
+        s.decided_via = "break-glass"
+        s.decision_reason = s.reason
+        if asked > rule.break_glass_max:
+            s.duration = rule.break_glass_max
+            s.warnings = [
+                *s.warnings,
+                f"break-glass access is capped at {format_duration(rule.break_glass_max)}"
+                f" (asked for {format_duration(asked)})",
+            ]
+        self._decision = "approve"
+        self._may_hold(policy)
+        self._set_state(RequestState.APPROVED, "break-glass: granted at once, to be reviewed")
+        self._notify("break_glass")
+        self._review_task = asyncio.create_task(self._await_review(rule.review_within))
+
+    async def _await_review(self, within: timedelta) -> None:
+        """An unreviewed break-glass grant escalates once: a thread reply and a DM per approver."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._status.reviewed_by is not None, timeout=within, timeout_summary="review due"
+            )
+        except builtins.TimeoutError:
+            self._status.review_escalated_at = workflow.now()
+            self._notify("review_overdue")
+            await workflow.wait_condition(lambda: self._status.reviewed_by is not None)
 
     async def _wait_for_decision(self, policy: Policy) -> bool:
         """False when the approval timeout passed with no decision.
@@ -385,10 +440,15 @@ class AccessRequestWorkflow:
         # With auto-approval off, asking an activity costs a round trip and three events.
         if workflow.patched("skip-disabled-oncall") and not policy.pagerduty_enabled:
             return OnCallResult(on_call=False, checked=False)
+        level = policy.rule.on_call_max_escalation_level if policy.rule is not None else None
         try:
             return await workflow.execute_activity_method(
                 PagerDutyActivities.check_oncall,
-                OnCallCheck(requester=self._status.requester, instance=self._status.instance),
+                OnCallCheck(
+                    requester=self._status.requester,
+                    instance=self._status.instance,
+                    max_escalation_level=level,
+                ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
             )
@@ -402,6 +462,9 @@ class AccessRequestWorkflow:
         self._set_state(state, self._status.error or label(state))
         if event is not None:
             self._notify(event)
+        if self._review_task is not None:
+            # A break-glass request stays open until someone reviews it, escalating once.
+            await self._review_task
         if self._notify_tail is not None:
             await self._notify_tail
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -426,6 +489,12 @@ class AccessRequestWorkflow:
                 attributes.append(LOGIN.value_set(s.db_user))
             held = self._held_until
             attributes.append(EXPIRES_AT.value_set(held) if held is not None else EXPIRES_AT.value_unset())
+        if self._checked and workflow.patched("rule-search-attributes"):
+            attributes += [
+                RULE.value_set(s.rule),
+                BREAK_GLASS.value_set(s.break_glass),
+                APPROVERS.value_set(list(s.approvers)),
+            ]
         workflow.upsert_search_attributes(attributes)
         observe(s, self._observed)
         workflow.set_current_details(
@@ -490,6 +559,10 @@ class AccessRequestWorkflow:
     async def relinquish(self, d: Decision) -> None:
         await self._receive("relinquish", d)
 
+    @workflow.signal
+    async def review(self, d: Decision) -> None:
+        await self._receive("review", d)
+
     async def _receive(self, signal: str, d: Decision) -> None:
         """One decision at a time, in arrival order: where it came from, then whether it counts.
 
@@ -507,8 +580,13 @@ class AccessRequestWorkflow:
             via = await self._origin(signal, d)
             if via is None:
                 return
-            if signal == "relinquish":
-                if self._refused("relinquish", d, via):
+            if signal in ("relinquish", "review"):
+                if self._refused(signal, d, via):
+                    return
+                if signal == "review":
+                    s = self._status
+                    s.reviewed_by, s.reviewed_at, s.review_note = d.actor.lower(), workflow.now(), d.reason
+                    self._notify("reviewed")
                     return
                 self._relinquished = d
                 self._status.decision_reason = d.reason or self._status.decision_reason
@@ -546,6 +624,12 @@ class AccessRequestWorkflow:
         if self._refused(kind, d, via):
             return
         s = self._status
+        if kind == "approve":
+            s.approvals = [*s.approvals, Approval(by=d.actor.lower(), at=workflow.now(), via=via)]
+            if len(s.approvals) < s.approvals_required:
+                # N of M: the card shows the progress in place; the request stays pending.
+                self._notify("approval_progress")
+                return
         self._decision = kind
         s.decided_by = d.actor.lower()
         s.decided_at = workflow.now()

@@ -149,12 +149,12 @@ class PostgresActivities:
         check_reason(rule, req.reason, req.break_glass)
         if req.duration.total_seconds() <= 0:
             raise BadRequest("duration must be positive")
-        limit = rule.break_glass_max if req.break_glass and rule.break_glass_max else rule.max_duration
-        if req.duration > limit:
-            what = "break-glass maximum" if req.break_glass else "maximum"
+        # Break-glass asks are capped at break_glass_max by the workflow, like auto-approvals.
+        if req.duration > rule.max_duration:
             raise BadRequest(
-                f"duration {format_duration(req.duration)} is over the {what} of "
-                f"{format_duration(limit)} for {req.role!r} on instance {inst.name!r} (rule {rule.name})"
+                f"duration {format_duration(req.duration)} is over the maximum of "
+                f"{format_duration(rule.max_duration)} for {req.role!r} on instance {inst.name!r}"
+                + (f" (rule {rule.name})" if rule.name != "default" else "")
             )
         db_user = inst.login_for(req.requester)
         async with connect(inst.target()) as conn:

@@ -33,8 +33,9 @@ from worker import build_worker
 
 # v2: skip-disabled-oncall, approval-told-with-grant; v3: ledger-search-attributes;
 # v4: verified-decisions, first-decision-wins, decision-at-timeout-wins (signed Slack decisions,
-# two decisions in one task, an approval in the same task as the approval timeout)
-VERSION = "v4"
+# two decisions in one task, an approval in the same task as the approval timeout);
+# v5: rule-search-attributes, rules (two of two approvals, break-glass reviewed after escalation)
+VERSION = "v5"
 OUT = Path(__file__).parent / "histories"
 
 
@@ -46,14 +47,18 @@ async def main() -> None:
         dsn = str(pgserver.get_server(Path(tempfile.mkdtemp()), cleanup_mode="delete").get_uri())
     os.environ["ROLECALL_RECORD_DSN"] = dsn
     prefix = f"rec{uuid.uuid4().hex[:6]}"
-    role, login = f"{prefix}_ro", f"{prefix}_alice"
+    role, login, billing = f"{prefix}_ro", f"{prefix}_alice", f"{prefix}_billing"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        for name in (role, billing):
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
     config = Path(tempfile.mkdtemp()) / "rolecall.toml"
     config.write_text(
-        f'[instances.pg]\ndsn_env = "ROLECALL_RECORD_DSN"\nroles = ["{role}"]\n'
+        f'[instances.pg]\ndsn_env = "ROLECALL_RECORD_DSN"\nroles = ["{role}", "{billing}"]\n'
         'approvers = ["dba@example.com"]\napproval_timeout = "2s"\n'
+        f'[[instances.pg.rules]]\nname = "billing"\nroles = ["{billing}"]\n'
+        'approvers = ["dba@example.com", "dba2@example.com"]\napprovals_required = 2\n'
+        'break_glass = true\nbreak_glass_max = "2s"\nreview_within = "2s"\n'
     )
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
@@ -106,6 +111,29 @@ async def main() -> None:
 
     OUT.mkdir(exist_ok=True)
     try:
+        if VERSION >= "v5":
+            async with worker():
+                for name, glass in (("two_of_two", False), ("break_glass", True)):
+                    s = await submit(
+                        client,
+                        AccessRequest(
+                            requester=email, instance="pg", role=billing, duration=timedelta(seconds=2),
+                            reason="INC-1", break_glass=glass,
+                        ),
+                        "record",
+                    )  # fmt: skip
+                    h = handle(client, s.id)
+                    await asyncio.sleep(0.5)
+                    if glass:
+                        await asyncio.sleep(3)  # the review escalates, then it is reviewed
+                        await decide(client, s.id, "review", dba)
+                    else:
+                        await decide(client, s.id, "approve", dba)
+                        await asyncio.sleep(0.5)
+                        await decide(client, s.id, "approve", Decision(actor="dba2@example.com"))
+                    await h.result()
+                    (OUT / f"{VERSION}-{name}.json").write_text((await h.fetch_history()).to_json())
+                    print(name, (await get_status(client, s.id)).state.value)
         if VERSION >= "v4":
             await offline("two_decisions_one_task", 0, [("approve", "plain"), ("deny", "plain")])
             await offline("approved_with_the_timeout", 3, [("approve", "signed")])
@@ -130,7 +158,7 @@ async def main() -> None:
     finally:
         await env.shutdown()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for name in (login, role):
+            for name in (login, role, billing):
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 

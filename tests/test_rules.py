@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_a_rule_that_can_never_match_is_a_warning(tmp_path, caplog) -> None:
     assert any("rules[2] (stray): none of its roles (nothing_*) is requestable" in m for m in messages)
 
 
-def _billing(role: str) -> list[dict]:
+def _billing(role: str) -> list[dict[str, Any]]:
     return [
         {
             "name": "billing",

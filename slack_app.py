@@ -25,14 +25,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 
-from activities.slack import web_client as make_web_client
 from rolecall import operations
 from rolecall import slack_blocks as kit
 from rolecall.config import ConfigStore, Instance, Settings, load_settings
@@ -41,6 +39,7 @@ from rolecall.errors import AlreadyRequested, ConfigError, RolecallError
 from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import DECISIONS, refusal
+from rolecall.slack_client import web_client as make_web_client
 from rolecall.slack_identity import NO_EMAIL, Identity, Refusal, SlackIdentity, Ttl, origin_of
 from rolecall.temporal import request_id
 
@@ -58,6 +57,10 @@ ACTING_COMMANDS = ("request", "list")
 
 async def existing_roles(inst: Instance) -> list[str]:
     """Requestable roles that exist on the instance (exact config names if it can't be read)."""
+    # Imported here, not at the top: the Slack app is a Temporal client and otherwise never
+    # loads psycopg (tests/test_layout.py). Reading role lists moves to the worker side later.
+    import psycopg
+
     try:
         dsn = inst.dsn()
         async with await psycopg.AsyncConnection.connect(

@@ -234,9 +234,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _reconcile(client: Client, args: argparse.Namespace, settings: Settings) -> int:
     """Run the reconcile workflow now, on the worker, and print what it found and did."""
+    from rolecall import contract
     from rolecall.config import load
-    from rolecall.models import ReconcileInput
-    from workflows.reconcile import ReconcileWorkflow
 
     config = load(settings.config)
     names = [args.instance] if args.instance else sorted(config.instances)
@@ -250,11 +249,12 @@ async def _reconcile(client: Client, args: argparse.Namespace, settings: Setting
         )
     failed = False
     for name in names:
-        report = await client.execute_workflow(
-            ReconcileWorkflow.run,
-            ReconcileInput(instance=name, dry_run=args.dry_run),
-            id=f"reconcile/{name}/manual-{uuid.uuid4().hex[:8]}",
+        report: contract.ReconcileReport = await client.execute_workflow(
+            contract.RECONCILE,
+            contract.ReconcileInput(instance=name, dry_run=args.dry_run),
+            id=contract.manual_reconcile_id(name, uuid.uuid4().hex[:8]),
             task_queue=settings.task_queue,
+            result_type=contract.ReconcileReport,
         )
         print(report.summary())
         failed = failed or bool(report.errors)

@@ -55,9 +55,12 @@ def test_the_cli_does_not_load_the_worker() -> None:
     assert [m for m in WORKER_SIDE if m in loaded] == []
 
 
-def test_the_library_never_imports_workflows_or_activities() -> None:
-    files = sorted((REPO / "rolecall").rglob("*.py"))
-    assert REPO / "rolecall" / "pgadmin.py" in files
+def test_the_library_and_the_slack_app_never_import_workflows_or_activities() -> None:
+    """At the top or lazily: only the `worker` command may load the worker (worker.py)."""
+    files = sorted(
+        [*(REPO / "rolecall").rglob("*.py"), *(REPO / "listeners").rglob("*.py"), REPO / "slack_app.py"]
+    )
+    assert REPO / "rolecall" / "pgadmin.py" in files and REPO / "listeners" / "views.py" in files
     offenders = {
         str(f.relative_to(REPO)): sorted(_imports(f) & {"workflows", "activities"})
         for f in files

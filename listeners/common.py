@@ -15,6 +15,7 @@ from rolecall.config import Instance
 from rolecall.errors import ConfigError, RolecallError
 from rolecall.models import RequestState, RequestStatus
 from rolecall.policy import refusal
+from rolecall.roles import names as role_names
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -78,7 +79,7 @@ async def existing_roles(inst: Instance) -> list[str]:
         return [n for n in names if inst.is_requestable(n)]
     except (psycopg.Error, ConfigError, OSError) as e:
         log.warning("roles of instance %s could not be listed: %s", inst.name, e)
-        return [r for r in inst.roles if not set("*?[") & set(r)]
+        return role_names(inst.roles)
 
 
 async def roles_of(deps: Deps, inst: Instance) -> list[str]:
@@ -90,7 +91,7 @@ async def roles_of(deps: Deps, inst: Instance) -> list[str]:
         roles = await asyncio.wait_for(existing_roles(inst), ROLE_LIST_TIMEOUT)
     except TimeoutError:
         log.warning("listing roles of %s took too long; showing the configured names", inst.name)
-        return [r for r in inst.roles if not set("*?[") & set(r)]
+        return role_names(inst.roles)
     deps.role_cache.put(inst.name, roles)
     return roles
 

@@ -265,13 +265,14 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     """Commands that talk to PostgreSQL, not to Temporal."""
     from rolecall import pgadmin
     from rolecall.config import load
+    from rolecall.roles import names as role_names
 
     config = load(settings.config)
     if args.command == "setup-sql":
         instance = config.instance(args.instance)
         if args.server_version:
             version = args.server_version * 10000
-            roles = args.role or [r for r in instance.roles if not set("*?[") & set(r)]
+            roles = args.role or role_names(instance.roles)
             bad = [r for r in roles if not instance.is_requestable(r)]
             if bad:
                 raise BadRequest(f"role {bad[0]!r} is not requestable on instance {instance.name!r}")

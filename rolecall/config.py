@@ -6,7 +6,6 @@ entry point (worker, Slack app, CLI) can refuse to start before it touches anyth
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
@@ -31,12 +30,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rolecall.durations import parse_duration
 from rolecall.errors import BadRequest, ConfigError, NotAllowed
 from rolecall.models import Target
+from rolecall.roles import matches
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "rolecall.toml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_GLOB_CHARS = set("*?[")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 # How long a stopping worker lets its in-flight grants and revokes finish before it cancels
@@ -213,13 +212,7 @@ class Instance(_Strict):
             )
 
     def is_requestable(self, role: str) -> bool:
-        for pattern in self.roles:
-            if _GLOB_CHARS & set(pattern):
-                if fnmatch.fnmatchcase(role, pattern):
-                    return True
-            elif role == pattern:
-                return True
-        return False
+        return any(matches(entry, role) for entry in self.roles)
 
     def login_for(self, email: str) -> str:
         email = email.lower()

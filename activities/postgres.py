@@ -21,6 +21,7 @@ from rolecall.config import ConfigStore, Instance
 from rolecall.durations import format_duration
 from rolecall.errors import (
     AlreadyMember,
+    BadDuration,
     BadRequest,
     GrantFailed,
     InstanceUnavailable,
@@ -145,9 +146,9 @@ class PostgresActivities:
         inst = config.instance(req.instance)
         inst.check_requester(req.requester)
         if req.duration.total_seconds() <= 0:
-            raise BadRequest("duration must be positive")
+            raise BadDuration("duration must be positive")
         if req.duration > inst.max_duration:
-            raise BadRequest(
+            raise BadDuration(
                 f"duration {format_duration(req.duration)} is over the maximum of "
                 f"{format_duration(inst.max_duration)} on instance {inst.name!r}"
             )

@@ -23,7 +23,7 @@ from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.config import Instance
 from rolecall.durations import format_duration, parse_duration
-from rolecall.errors import AlreadyRequested, RolecallError
+from rolecall.errors import AlreadyRequested, Field, RolecallError
 from rolecall.models import AccessRequest, Decision, RequestStatus
 from rolecall.slack_identity import Identity
 from rolecall.temporal import request_id
@@ -146,11 +146,10 @@ async def _finish_submit(deps: Deps, task: asyncio.Future[RequestStatus], user_i
         )
 
 
+# The modal field each kind of refusal is shown under (`RolecallError.field`).
+FIELD_BLOCKS: dict[Field, str] = {"instance": kit.B_INSTANCE, "role": kit.B_ROLE, "duration": kit.B_DURATION}
+
+
 def error_block(err: RolecallError) -> str:
-    """The modal field a refusal is shown under."""
-    msg = str(err).lower()
-    if "duration" in msg:
-        return kit.B_DURATION
-    if "instance" in msg and "role" not in msg:
-        return kit.B_INSTANCE
-    return kit.B_ROLE
+    """The modal field a refusal is shown under: the one its type says it is about."""
+    return FIELD_BLOCKS[err.field]

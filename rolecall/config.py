@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rolecall.durations import parse_duration
-from rolecall.errors import BadRequest, ConfigError, NotAllowed
+from rolecall.errors import ConfigError, RequesterNotAllowed, UnknownInstance
 from rolecall.models import Target
 from rolecall.roles import matches
 
@@ -206,7 +206,7 @@ class Instance(_Strict):
             return
         domain = email.strip().lower().rpartition("@")[2]
         if domain not in self.allowed_email_domains:
-            raise NotAllowed(
+            raise RequesterNotAllowed(
                 f"{email} may not request access on instance {self.name!r}: only "
                 f"{', '.join('@' + d for d in self.allowed_email_domains)} addresses may"
             )
@@ -319,7 +319,7 @@ class Config(_Strict):
             return self.instances[name]
         except KeyError:
             known = ", ".join(sorted(self.instances))
-            raise BadRequest(f"unknown instance {name!r} (configured: {known})") from None
+            raise UnknownInstance(f"unknown instance {name!r} (configured: {known})") from None
 
 
 class Settings(BaseSettings):

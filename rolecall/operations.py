@@ -30,6 +30,7 @@ from rolecall.durations import format_duration
 from rolecall.errors import (
     BY_NAME,
     AlreadyRequested,
+    BadDuration,
     BadRequest,
     NotAllowed,
     NotFound,
@@ -43,7 +44,7 @@ from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_i
 async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
     """Start the request's workflow and wait for its check; raise the refusal as an error."""
     if req.duration <= timedelta(0):
-        raise BadRequest("duration must be positive")
+        raise BadDuration("duration must be positive")
     req = req.model_copy(update={"requester": req.requester.strip().lower()})
     wf_id = request_id(req.instance, req.role, req.requester)
     start: WithStartWorkflowOperation[Any, RequestStatus] = WithStartWorkflowOperation(

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, NotFound
+from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, LoginNotFound
 from rolecall.models import Target
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
@@ -170,7 +170,9 @@ async def check_login(conn: Conn, login: str, requester: str, instance: str) -> 
     )
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"database login {login!r} (for {requester}) does not exist on instance {instance!r}")
+        raise LoginNotFound(
+            f"database login {login!r} (for {requester}) does not exist on instance {instance!r}"
+        )
     can_login, members = bool(row[0]), [str(m) for m in row[1]]  # type: ignore[attr-defined]
     if members:
         shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")

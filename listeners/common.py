@@ -61,17 +61,18 @@ async def tell(deps: Deps, body: dict[str, Any], text: str) -> None:
 async def existing_roles(inst: Instance) -> list[str]:
     """Requestable roles that exist on the instance (exact config names if it can't be read).
 
-    The one place the Slack app opens its own PostgreSQL connection (not `rolecall.pg.connect`):
-    imported here, not at the top, because the Slack app is a Temporal client and otherwise
-    never loads psycopg (tests/test_layout.py). Reading role lists moves to the worker side later.
+    The Slack app's only database read, on a short connection of its own (not the budgeted
+    `rolecall.pg.connect`). Imported here, not at the top: the Slack app is a Temporal client
+    and otherwise never loads psycopg (tests/test_layout.py). Role lists move to the worker
+    side later, and this goes with them.
     """
     import psycopg
 
+    from rolecall.pg import open_dsn
+
     try:
         dsn = inst.dsn()
-        async with await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=2, application_name="rolecall-slack"
-        ) as conn:
+        async with await open_dsn(dsn, connect_timeout=2, application_name="rolecall-slack") as conn:
             cur = await conn.execute(
                 "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin AND rolname !~ '^pg_' ORDER BY 1"
             )

@@ -60,17 +60,34 @@ def _ms(value: timedelta) -> int:
     return max(1, int(value.total_seconds() * 1000))
 
 
+async def open_dsn(dsn: str, *, connect_timeout: int, application_name: str, options: str = "") -> Conn:
+    """One new autocommit connection; psycopg's errors pass through.
+
+    Every connection rolecall opens starts here. Grants, revokes, checks and doctor use
+    `connect()` (per-instance budget, lock and statement timeouts); this is for reads that
+    have a DSN and want psycopg's own errors: explain (its other databases are read with the
+    same DSN) and the Slack app's role list.
+    """
+    if options:
+        return await psycopg.AsyncConnection.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+            options=options,
+        )
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=connect_timeout, application_name=application_name
+    )
+
+
 async def _open(target: Target, dsn: str, application_name: str) -> Conn:
     options = (
         f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
     )
     try:
-        return await psycopg.AsyncConnection.connect(
-            dsn,
-            autocommit=True,
-            connect_timeout=target.connect_timeout,
-            application_name=application_name,
-            options=options,
+        return await open_dsn(
+            dsn, connect_timeout=target.connect_timeout, application_name=application_name, options=options
         )
     except psycopg.OperationalError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

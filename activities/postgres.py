@@ -172,7 +172,6 @@ class PostgresActivities:
                 approver_groups=list(inst.approver_groups),
                 slack_channel=inst.slack_channel,
                 allow_self_approval=inst.allow_self_approval,
-                max_duration=inst.max_duration,
                 approval_timeout=inst.approval_timeout,
                 grant_timeout=inst.grant_timeout,
                 terminate_sessions=inst.terminate_sessions,

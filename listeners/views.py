@@ -26,7 +26,6 @@ from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, Field, RolecallError
 from rolecall.models import AccessRequest, Decision, RequestStatus
 from rolecall.slack_identity import Identity
-from rolecall.temporal import request_id
 
 log = logging.getLogger("rolecall.slack_app")
 
@@ -125,7 +124,7 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
 
 async def _already_open(deps: Deps, ack: Any, inst: Instance, role: str, who: Identity) -> bool:
     with contextlib.suppress(RolecallError):
-        existing = await operations.get_status(deps.temporal, request_id(inst.name, role, who.email))
+        existing = await operations.get_status(deps.temporal, contract.request_id(inst.name, role, who.email))
         if existing.state in ACTIVE:
             await ack(
                 response_action="errors",

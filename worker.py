@@ -144,7 +144,7 @@ async def run(settings: Settings | None = None) -> None:
     client = await connect(settings, runtime=runtime)
     slack_client = None
     if os.environ.get("SLACK_BOT_TOKEN"):
-        from activities.slack import web_client
+        from rolecall.slack_client import web_client
 
         slack_client = web_client(
             os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None

@@ -21,6 +21,7 @@ from rolecall.config import ConfigStore, Instance
 from rolecall.durations import format_duration
 from rolecall.errors import (
     AlreadyMember,
+    BadDuration,
     BadRequest,
     GrantFailed,
     InstanceUnavailable,
@@ -148,10 +149,10 @@ class PostgresActivities:
         rule = inst.rule_for(req.role, config.pagerduty)
         check_reason(rule, req.reason, req.break_glass)
         if req.duration.total_seconds() <= 0:
-            raise BadRequest("duration must be positive")
+            raise BadDuration("duration must be positive")
         # Break-glass asks are capped at break_glass_max by the workflow, like auto-approvals.
         if req.duration > rule.max_duration:
-            raise BadRequest(
+            raise BadDuration(
                 f"duration {format_duration(req.duration)} is over the maximum of "
                 f"{format_duration(rule.max_duration)} for {req.role!r} on instance {inst.name!r}"
                 + (f" (rule {rule.name})" if rule.name != "default" else "")
@@ -176,7 +177,6 @@ class PostgresActivities:
                 approver_groups=list(rule.approver_groups),
                 slack_channel=inst.slack_channel,
                 allow_self_approval=rule.allow_self_approval,
-                max_duration=rule.max_duration,
                 approval_timeout=rule.approval_timeout,
                 grant_timeout=inst.grant_timeout,
                 terminate_sessions=rule.terminate_sessions,

@@ -10,13 +10,8 @@ Temporal retries the activity. The workflow never waits for these before a grant
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,24 +27,14 @@ from rolecall.models import (
     ReconcileReport,
     RequestStatus,
 )
+from rolecall.slack_client import web_client
 from rolecall.slack_identity import Identity, RefusalKind, SlackIdentity
 
 log = logging.getLogger("rolecall.slack")
 
+__all__ = ["FINAL_EVENTS", "SlackActivities", "SlackNotifier", "web_client"]
+
 FINAL_EVENTS = ("denied", "timed_out", "cancelled", "failed", "expired", "relinquished", "rejected")
-
-
-def web_client(token: str, base_url: str | None = None, timeout: int = 10) -> AsyncWebClient:
-    """An async Web API client that waits out 429s (Retry-After) and reconnects once."""
-    kwargs: dict[str, Any] = {"token": token, "timeout": timeout}
-    if base_url:
-        kwargs["base_url"] = base_url
-    client = AsyncWebClient(**kwargs)
-    client.retry_handlers = [
-        AsyncConnectionErrorRetryHandler(max_retry_count=1),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=3),
-    ]
-    return client
 
 
 class SlackNotifier:

@@ -15,6 +15,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecution, WorkflowHandle
 
+from rolecall import contract
 from rolecall.config import ConfigStore, Instance
 from rolecall.models import CheckResult, GrantResult, Ledger, ReconcileInput, RequestStatus, StrandedGrant
 from rolecall.temporal import EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, quote
@@ -39,7 +40,7 @@ class TemporalActivities:
         config = self._config.get()
         cutoff = datetime.now(UTC) - config.reconcile.grace
         base = (
-            f'WorkflowType = "AccessRequestWorkflow" AND {INSTANCE.name} = "{quote(inp.instance)}" '
+            f'WorkflowType = "{contract.ACCESS_REQUEST}" AND {INSTANCE.name} = "{quote(inp.instance)}" '
             f'AND TaskQueue = "{quote(activity.info().task_queue)}"'
         )
         stranded: list[StrandedGrant] = []
@@ -126,7 +127,9 @@ class TemporalActivities:
         async def status(h: WorkflowHandle[Any, Any]) -> None:
             async with limit:
                 try:
-                    s = await h.query("status", result_type=RequestStatus, rpc_timeout=timedelta(seconds=10))
+                    s = await h.query(
+                        contract.STATUS, result_type=RequestStatus, rpc_timeout=timedelta(seconds=10)
+                    )
                 except Exception as e:  # an unreadable status keeps the config-mapped pair
                     activity.logger.warning("status of %s unreadable: %s", h, e)
                     return

@@ -20,11 +20,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from rolecall import contract
 from rolecall.durations import format_duration
 from rolecall.errors import BadRequest
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.temporal import STATE
-from workflows.access_request import AccessRequestWorkflow
 
 Format = Literal["csv", "jsonl"]
 
@@ -93,7 +93,7 @@ def _rfc3339(t: datetime) -> str:
 
 def window_query(since: datetime, until: datetime) -> str:
     return (
-        f'WorkflowType = "AccessRequestWorkflow" AND StartTime >= "{_rfc3339(since)}" '
+        f'WorkflowType = "{contract.ACCESS_REQUEST}" AND StartTime >= "{_rfc3339(since)}" '
         f'AND StartTime < "{_rfc3339(until)}"'
     )
 
@@ -113,14 +113,14 @@ async def records(client: Client, since: datetime, until: datetime) -> list[dict
 
 async def record(client: Client, wf: WorkflowExecution) -> dict[str, Any]:
     """What happened to one request, from its result, its status query, or its history."""
-    h = client.get_workflow_handle_for(AccessRequestWorkflow.run, wf.id, run_id=wf.run_id)
+    h = client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=RequestStatus)
     status: RequestStatus | None = None
     note = ""
     if wf.status == WorkflowExecutionStatus.COMPLETED:
         status = await h.result()
     elif wf.status == WorkflowExecutionStatus.RUNNING:
         try:
-            status = await h.query(AccessRequestWorkflow.status, rpc_timeout=_QUERY_TIMEOUT)
+            status = await h.query(contract.STATUS, result_type=RequestStatus, rpc_timeout=_QUERY_TIMEOUT)
         except Exception as e:  # no worker polling, or it is slow: the history still answers
             note = f"status query failed ({type(e).__name__}); from history"
     else:

@@ -251,9 +251,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _reconcile(client: Client, args: argparse.Namespace, settings: Settings) -> int:
     """Run the reconcile workflow now, on the worker, and print what it found and did."""
+    from rolecall import contract
     from rolecall.config import load
-    from rolecall.models import ReconcileInput
-    from workflows.reconcile import ReconcileWorkflow
 
     config = load(settings.config)
     names = [args.instance] if args.instance else sorted(config.instances)
@@ -267,11 +266,12 @@ async def _reconcile(client: Client, args: argparse.Namespace, settings: Setting
         )
     failed = False
     for name in names:
-        report = await client.execute_workflow(
-            ReconcileWorkflow.run,
-            ReconcileInput(instance=name, dry_run=args.dry_run),
-            id=f"reconcile/{name}/manual-{uuid.uuid4().hex[:8]}",
+        report: contract.ReconcileReport = await client.execute_workflow(
+            contract.RECONCILE,
+            contract.ReconcileInput(instance=name, dry_run=args.dry_run),
+            id=contract.manual_reconcile_id(name, uuid.uuid4().hex[:8]),
             task_queue=settings.task_queue,
+            result_type=contract.ReconcileReport,
         )
         print(report.summary())
         failed = failed or bool(report.errors)
@@ -282,13 +282,14 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     """Commands that talk to PostgreSQL, not to Temporal."""
     from rolecall import pgadmin
     from rolecall.config import load
+    from rolecall.roles import names as role_names
 
     config = load(settings.config)
     if args.command == "setup-sql":
         instance = config.instance(args.instance)
         if args.server_version:
             version = args.server_version * 10000
-            roles = args.role or [r for r in instance.roles if not set("*?[") & set(r)]
+            roles = args.role or role_names(instance.roles)
             bad = [r for r in roles if not instance.is_requestable(r)]
             if bad:
                 raise BadRequest(f"role {bad[0]!r} is not requestable on instance {instance.name!r}")

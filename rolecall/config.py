@@ -6,7 +6,6 @@ entry point (worker, Slack app, CLI) can refuse to start before it touches anyth
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
@@ -29,22 +28,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rolecall.durations import parse_duration
-from rolecall.errors import BadRequest, ConfigError, NotAllowed
+from rolecall.errors import ConfigError, RequesterNotAllowed, UnknownInstance
 from rolecall.models import AppliedRule, Target
+from rolecall.roles import matches
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "rolecall.toml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_GLOB_CHARS = set("*?[")
-
-
-def _matches(pattern: str, role: str) -> bool:
-    if _GLOB_CHARS & set(pattern):
-        return fnmatch.fnmatchcase(role, pattern)
-    return role == pattern
-
-
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 # How long a stopping worker lets its in-flight grants and revokes finish before it cancels
@@ -129,7 +120,7 @@ class Rule(_RuleKeys):
         return [e.lower() for e in value] if value is not None else None
 
     def matches(self, role: str) -> bool:
-        return any(_matches(pattern, role) for pattern in self.roles)
+        return any(matches(pattern, role) for pattern in self.roles)
 
 
 class Instance(_RuleKeys):
@@ -301,13 +292,13 @@ class Instance(_RuleKeys):
             return
         domain = email.strip().lower().rpartition("@")[2]
         if domain not in self.allowed_email_domains:
-            raise NotAllowed(
+            raise RequesterNotAllowed(
                 f"{email} may not request access on instance {self.name!r}: only "
                 f"{', '.join('@' + d for d in self.allowed_email_domains)} addresses may"
             )
 
     def is_requestable(self, role: str) -> bool:
-        return any(_matches(pattern, role) for pattern in self.roles)
+        return any(matches(entry, role) for entry in self.roles)
 
     def rule_for(self, role: str, pd: PagerDuty) -> AppliedRule:
         """The rule that applies to this role: the first that matches, over the instance's keys.
@@ -352,15 +343,12 @@ class Instance(_RuleKeys):
         out = []
         for i, rule in enumerate(self.rules):
             earlier = [q for r in self.rules[:i] for q in r.roles]
-            if all(any(fnmatch.fnmatchcase(p, q) for q in earlier) for p in rule.roles):
+            if all(any(matches(q, p) for q in earlier) for p in rule.roles):
                 out.append(
                     f"instances.{self.name}.rules[{i}] ({rule.name}): never applies, earlier rules take "
                     f"all of its roles ({', '.join(rule.roles)})"
                 )
-            elif not any(
-                any(fnmatch.fnmatchcase(p, q) or fnmatch.fnmatchcase(q, p) for q in self.roles)
-                for p in rule.roles
-            ):
+            elif not any(any(matches(q, p) or matches(p, q) for q in self.roles) for p in rule.roles):
                 out.append(
                     f"instances.{self.name}.rules[{i}] ({rule.name}): none of its roles "
                     f"({', '.join(rule.roles)}) is requestable on this instance"
@@ -472,7 +460,7 @@ class Config(_Strict):
             return self.instances[name]
         except KeyError:
             known = ", ".join(sorted(self.instances))
-            raise BadRequest(f"unknown instance {name!r} (configured: {known})") from None
+            raise UnknownInstance(f"unknown instance {name!r} (configured: {known})") from None
 
 
 class Settings(BaseSettings):

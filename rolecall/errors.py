@@ -2,11 +2,19 @@
 
 An activity turns a `RolecallError` into a non-retryable `ApplicationError` whose `type` is
 the class name; the CLI and the Slack app look that name up here to print one clear line.
+Only the type name crosses Temporal, so what a caller needs to know of an error (its exit
+code, which request field it concerns) is a class attribute, never read from the message.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 from temporalio.exceptions import ApplicationError
+
+# The part of a request an error is about, e.g. the field of the Slack request modal that
+# shows it: the one to change to get past it.
+Field = Literal["instance", "role", "duration"]
 
 
 class RolecallError(Exception):
@@ -14,6 +22,7 @@ class RolecallError(Exception):
 
     exit_code = 1
     retryable = False
+    field: ClassVar[Field] = "role"
 
     def to_application_error(self) -> ApplicationError:
         return ApplicationError(str(self), type=type(self).__name__, non_retryable=not self.retryable)
@@ -25,12 +34,36 @@ class BadRequest(RolecallError):
     exit_code = 2
 
 
+class BadDuration(BadRequest):
+    """The requested duration is not positive, or over the instance's maximum."""
+
+    field = "duration"
+
+
 class NotFound(BadRequest):
     """No such request, instance, role or login."""
 
 
+class UnknownInstance(NotFound):
+    """No instance of that name in the config."""
+
+    field = "instance"
+
+
+class LoginNotFound(NotFound):
+    """The database login the requester maps to does not exist on the instance."""
+
+    field = "instance"
+
+
 class NotAllowed(BadRequest):
     """The actor may not do this (not an approver, not the requester, self-approval)."""
+
+
+class RequesterNotAllowed(NotAllowed):
+    """The instance takes requests only from some email domains, and not this one."""
+
+    field = "instance"
 
 
 class DangerousRole(BadRequest):
@@ -46,9 +79,10 @@ class AlreadyMember(BadRequest):
 
 
 class ConfigError(RolecallError):
-    """The configuration file or environment is invalid."""
+    """The configuration file or environment is invalid (e.g. an instance's DSN is not set)."""
 
     exit_code = 2
+    field = "instance"
 
 
 class GrantFailed(RolecallError):
@@ -59,6 +93,7 @@ class InstanceUnavailable(RolecallError):
     """PostgreSQL could not be reached; retried by Temporal."""
 
     retryable = True
+    field = "instance"
 
 
 class RevokeNotVerified(RolecallError):
@@ -70,8 +105,12 @@ class RevokeNotVerified(RolecallError):
 _ALL: tuple[type[RolecallError], ...] = (
     RolecallError,
     BadRequest,
+    BadDuration,
     NotFound,
+    UnknownInstance,
+    LoginNotFound,
     NotAllowed,
+    RequesterNotAllowed,
     DangerousRole,
     AlreadyRequested,
     AlreadyMember,

@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 from rolecall.config import Instance
 from rolecall.errors import BadRequest, InstanceUnavailable, NotFound
+from rolecall.pg import open_dsn
 from rolecall.privileges import catalog, predefined
 from rolecall.privileges.catalog import Conn, Database, DatabaseRows, RawGrant
 from rolecall.privileges.graph import Closure, Edge, RoleInfo, closure
@@ -51,6 +52,7 @@ NOTE_SET_15 = (
     "and then uses its privileges and attributes"
 )
 Connect = Callable[[str], AbstractAsyncContextManager[Conn]]
+APP_NAME = "rolecall explain"
 MAX_NAME_BYTES = 63
 _PARALLEL = 4  # connections to other databases at a time
 _OBJTYPES = {"r": "tables", "S": "sequences", "f": "functions", "T": "types", "n": "schemas"}
@@ -63,11 +65,8 @@ def connector(dsn: str, connect_timeout: int = 5) -> Connect:
 
     @asynccontextmanager
     async def connect(dbname: str) -> AsyncIterator[Conn]:
-        conn = await psycopg.AsyncConnection.connect(
-            make_conninfo(dsn, dbname=dbname),
-            autocommit=True,
-            connect_timeout=connect_timeout,
-            application_name="rolecall explain",
+        conn = await open_dsn(
+            make_conninfo(dsn, dbname=dbname), connect_timeout=connect_timeout, application_name=APP_NAME
         )
         try:
             yield conn
@@ -83,12 +82,7 @@ async def explain_instance(
     """`explain` with the instance's admin DSN: what the CLI and the Slack card use."""
     dsn = instance.dsn()
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            dsn,
-            autocommit=True,
-            connect_timeout=instance.connect_timeout,
-            application_name="rolecall explain",
-        )
+        conn = await open_dsn(dsn, connect_timeout=instance.connect_timeout, application_name=APP_NAME)
     except psycopg.OperationalError as e:
         raise InstanceUnavailable(f"cannot connect to instance {instance.name!r}: {_first_line(e)}") from e
     async with conn:

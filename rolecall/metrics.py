@@ -34,6 +34,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from rolecall import contract
 from rolecall.models import RequestState, RequestStatus
 from rolecall.temporal import quote
 
@@ -128,7 +129,7 @@ class _ActivityMetrics(ActivityInboundInterceptor):
 
 def open_grants_query(task_queue: str, instance: str) -> str:
     return (
-        f'WorkflowType = "AccessRequestWorkflow" AND TaskQueue = "{quote(task_queue)}" '
+        f'WorkflowType = "{contract.ACCESS_REQUEST}" AND TaskQueue = "{quote(task_queue)}" '
         f'AND RolecallInstance = "{quote(instance)}" AND RolecallState IN ("granted", "revoking")'
     )
 

@@ -111,7 +111,6 @@ class Policy(Model):
     approver_groups: list[str] = []
     slack_channel: str | None = None
     allow_self_approval: bool = False
-    max_duration: timedelta
     approval_timeout: timedelta
     grant_timeout: timedelta
     terminate_sessions: bool = True

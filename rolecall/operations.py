@@ -8,6 +8,7 @@ and a decision is pre-checked against the request's own policy before the signal
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -24,10 +25,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from rolecall import contract
 from rolecall.durations import format_duration
 from rolecall.errors import (
     BY_NAME,
     AlreadyRequested,
+    BadDuration,
     BadRequest,
     NotAllowed,
     NotFound,
@@ -36,17 +39,16 @@ from rolecall.errors import (
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
 from rolecall.policy import SIGNALS, refusal
 from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
-from workflows.access_request import AccessRequestWorkflow
 
 
 async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
     """Start the request's workflow and wait for its check; raise the refusal as an error."""
     if req.duration <= timedelta(0):
-        raise BadRequest("duration must be positive")
+        raise BadDuration("duration must be positive")
     req = req.model_copy(update={"requester": req.requester.strip().lower()})
     wf_id = request_id(req.instance, req.role, req.requester)
-    start = WithStartWorkflowOperation(
-        AccessRequestWorkflow.run,
+    start: WithStartWorkflowOperation[Any, RequestStatus] = WithStartWorkflowOperation(
+        contract.ACCESS_REQUEST,
         req,
         id=wf_id,
         task_queue=task_queue,
@@ -64,10 +66,11 @@ async def submit(client: Client, req: AccessRequest, task_queue: str) -> Request
             f"{req.requester} requests {req.role} on {req.instance} for {format_duration(req.duration)}"
         ),
         static_details=f"reason: {req.reason or '(none given)'}\nsource: {req.source}",
+        result_type=RequestStatus,
     )
     try:
-        status = await client.execute_update_with_start_workflow(
-            AccessRequestWorkflow.submitted, start_workflow_operation=start
+        status: RequestStatus = await client.execute_update_with_start_workflow(
+            contract.SUBMITTED, start_workflow_operation=start, result_type=RequestStatus
         )
     except WorkflowAlreadyStartedError:
         raise AlreadyRequested(
@@ -91,8 +94,8 @@ def error_for(status: RequestStatus) -> RolecallError:
     return cls(status.error or f"request {status.id} is {status.state.value}")
 
 
-def handle(client: Client, request_id: str) -> WorkflowHandle[AccessRequestWorkflow, RequestStatus]:
-    return client.get_workflow_handle_for(AccessRequestWorkflow.run, request_id)
+def handle(client: Client, request_id: str) -> WorkflowHandle[Any, RequestStatus]:
+    return client.get_workflow_handle(request_id, result_type=RequestStatus)
 
 
 async def get_status(client: Client, request_id: str) -> RequestStatus:
@@ -109,7 +112,8 @@ async def get_status(client: Client, request_id: str) -> RequestStatus:
         raise RolecallError(
             f"request {request_id} ended abnormally: {desc.status.name if desc.status else '?'}"
         )
-    return await h.query(AccessRequestWorkflow.status)
+    status: RequestStatus = await h.query(contract.STATUS, result_type=RequestStatus)
+    return status
 
 
 async def decide(client: Client, request_id: str, signal: str, decision: Decision) -> RequestStatus:
@@ -129,7 +133,7 @@ async def list_requests(
     client: Client, state: str | None = None, requester: str | None = None, limit: int = 200
 ) -> list[dict[str, str]]:
     """Rows from the visibility store: id, state, requester, instance, role, started."""
-    clauses = ['WorkflowType = "AccessRequestWorkflow"']
+    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"']
     if state:
         if state not in {s.value for s in RequestState}:
             raise BadRequest(f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})")

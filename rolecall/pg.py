@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, NotFound
+from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, LoginNotFound
 from rolecall.models import Target
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
@@ -60,17 +60,34 @@ def _ms(value: timedelta) -> int:
     return max(1, int(value.total_seconds() * 1000))
 
 
+async def open_dsn(dsn: str, *, connect_timeout: int, application_name: str, options: str = "") -> Conn:
+    """One new autocommit connection; psycopg's errors pass through.
+
+    Every connection rolecall opens starts here. Grants, revokes, checks and doctor use
+    `connect()` (per-instance budget, lock and statement timeouts); this is for reads that
+    have a DSN and want psycopg's own errors: explain (its other databases are read with the
+    same DSN) and the Slack app's role list.
+    """
+    if options:
+        return await psycopg.AsyncConnection.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+            options=options,
+        )
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=connect_timeout, application_name=application_name
+    )
+
+
 async def _open(target: Target, dsn: str, application_name: str) -> Conn:
     options = (
         f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
     )
     try:
-        return await psycopg.AsyncConnection.connect(
-            dsn,
-            autocommit=True,
-            connect_timeout=target.connect_timeout,
-            application_name=application_name,
-            options=options,
+        return await open_dsn(
+            dsn, connect_timeout=target.connect_timeout, application_name=application_name, options=options
         )
     except psycopg.OperationalError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -170,7 +187,9 @@ async def check_login(conn: Conn, login: str, requester: str, instance: str) -> 
     )
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"database login {login!r} (for {requester}) does not exist on instance {instance!r}")
+        raise LoginNotFound(
+            f"database login {login!r} (for {requester}) does not exist on instance {instance!r}"
+        )
     can_login, members = bool(row[0]), [str(m) for m in row[1]]  # type: ignore[attr-defined]
     if members:
         shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")

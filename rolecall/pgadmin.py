@@ -18,6 +18,7 @@ import psycopg
 from rolecall.config import Instance
 from rolecall.errors import DangerousRole, InstanceUnavailable
 from rolecall.pg import Conn, assert_safe_role, connect
+from rolecall.roles import names, patterns
 
 DEFAULT_LOGIN = "rolecall_admin"
 
@@ -61,9 +62,9 @@ def setup_sql(instance: Instance, roles: list[str], version: int, login: str = D
     lines += [grant_admin_sql(role, login, version) for role in roles]
     if not roles:
         lines.append("-- (no existing role matches the instance's requestable roles yet)")
-    patterns = [p for p in instance.roles if set("*?[") & set(p)]
-    if patterns:
-        lines.append(f"-- Roles created later that match {', '.join(patterns)} need the same GRANT.")
+    globs = patterns(instance.roles)
+    if globs:
+        lines.append(f"-- Roles created later that match {', '.join(globs)} need the same GRANT.")
     lines += [
         "",
         "-- End the grantee's sessions at revoke (not superuser sessions: those stay out of reach):",
@@ -151,11 +152,11 @@ async def _doctor(conn: Conn, instance: Instance, report: Report) -> None:
                     f"ALTER ROLE {_q(login)} NOCREATEROLE; and grant ADMIN OPTION per role")
         )  # fmt: skip
     roles = await requestable_roles(conn, instance)
-    for pattern in instance.roles:
-        if not set("*?[") & set(pattern) and pattern not in roles:
+    for name in names(instance.roles):
+        if name not in roles:
             report.findings.append(
-                Finding("fail", pattern, "is requestable but does not exist",
-                        f"CREATE ROLE {_q(pattern)} NOLOGIN; or remove it from the config")
+                Finding("fail", name, "is requestable but does not exist",
+                        f"CREATE ROLE {_q(name)} NOLOGIN; or remove it from the config")
             )  # fmt: skip
     for role in roles:
         report.findings.extend(await _check_role(conn, instance, role, login, is_super, inherits))

@@ -17,9 +17,9 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
+from rolecall import contract
 from rolecall.config import Config
-from rolecall.models import ReconcileInput
-from workflows.reconcile import ReconcileWorkflow
+from rolecall.contract import ReconcileInput
 
 log = logging.getLogger("rolecall.schedules")
 
@@ -31,9 +31,9 @@ def schedule_id(task_queue: str, instance: str) -> str:
 def _schedule(config: Config, task_queue: str, instance: str) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            ReconcileWorkflow.run,
+            contract.RECONCILE,
             ReconcileInput(instance=instance),
-            id=f"reconcile/{instance}",
+            id=contract.reconcile_id(instance),
             task_queue=task_queue,
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=config.reconcile.interval)]),

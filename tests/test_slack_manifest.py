@@ -11,7 +11,17 @@ from rolecall.config import Slack
 from tests.conftest import REPO
 
 # Where the app, the notifier and the identity lookup they share call Slack.
-CODE = ("slack_app.py", "activities/slack.py", "rolecall/slack_identity.py")
+CODE = (
+    "slack_app.py",
+    "listeners/actions.py",
+    "listeners/commands.py",
+    "listeners/common.py",
+    "listeners/events.py",
+    "listeners/middleware.py",
+    "listeners/views.py",
+    "activities/slack.py",
+    "rolecall/slack_identity.py",
+)
 # Every Web API method the app and the notifier call, and the bot scope it needs.
 SCOPE_OF = {
     "chat_postMessage": "chat:write",

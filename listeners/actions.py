@@ -1,0 +1,117 @@
+"""Buttons: approve, deny (opens the reason modal), cancel, relinquish, and the instance picker.
+
+Buttons carry only the request ID. The clicker's right to decide is checked here with
+`rolecall.policy.refusal` for a clear ephemeral answer, and again in the workflow, which alone
+decides; a refusal the workflow records (a race with another click) is told to the clicker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+
+from listeners.common import me, roles_of, status_or_none, tell, value
+from listeners.deps import Deps
+from listeners.events import publish_home
+from rolecall import contract, operations
+from rolecall import slack_blocks as kit
+from rolecall.errors import RolecallError
+from rolecall.models import Decision, RequestState
+from rolecall.policy import DECISIONS, refusal
+from rolecall.slack_identity import Identity
+
+# How long a click waits to see whether the workflow took its decision or refused it.
+CONFIRM_WAIT = 3.0
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    @app.action(kit.APPROVE)
+    async def on_approve(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.APPROVE)
+
+    @app.action(kit.CANCEL)
+    async def on_cancel(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.CANCEL)
+
+    @app.action(kit.RELINQUISH)
+    async def on_relinquish(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.RELINQUISH, reason="relinquished in Slack")
+
+    @app.action(kit.DENY)
+    async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await open_deny_modal(deps, body, me(context))
+
+    @app.action(kit.INSTANCE_SELECT)
+    async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await show_instance(deps, body["view"])
+
+
+async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, reason: str = "") -> None:
+    """Pre-check, signal, then confirm the workflow took it; explain any refusal."""
+    rid = str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
+    email = who.email
+    try:
+        before = await operations.decide(
+            deps.temporal, rid, signal, Decision(actor=email, reason=reason, via="slack")
+        )
+    except RolecallError as e:
+        await tell(deps, body, f":no_entry_sign: {e}")
+        return
+    # The workflow re-checks; if it refused (a race with another click), say why.
+    deadline = time.monotonic() + CONFIRM_WAIT
+    while time.monotonic() < deadline:
+        status = await operations.get_status(deps.temporal, rid)
+        mine = [r for r in status.refused[len(before.refused) :] if r.actor == email and r.signal == signal]
+        if mine:
+            await tell(deps, body, f":no_entry_sign: {mine[-1].why}")
+            break
+        if signal in DECISIONS and status.state != RequestState.PENDING:
+            if status.decided_by != email:
+                # Someone else's decision landed first; ours was or will be refused.
+                why = refusal(signal, email, status) or f"already decided by {status.decided_by}"
+                await tell(deps, body, f":no_entry_sign: {why}")
+            break
+        if signal == contract.RELINQUISH and status.state != RequestState.GRANTED:
+            break
+        await asyncio.sleep(0.1)
+    if (body.get("view") or {}).get("type") == "home":
+        await publish_home(deps, who)
+
+
+async def open_deny_modal(deps: Deps, body: dict[str, Any], who: Identity) -> None:
+    """Deny asks for a reason first: pre-check, then open the modal (trigger_id lives ~3 s)."""
+    rid = str(body["actions"][0]["value"])
+    status = await status_or_none(deps, rid)
+    if status is None:
+        await tell(deps, body, f":no_entry_sign: no request with id {rid!r}")
+        return
+    why = refusal(contract.DENY, who.email, status)
+    if why:
+        await tell(deps, body, f":no_entry_sign: {why}")
+        return
+    await deps.web.views_open(trigger_id=body["trigger_id"], view=kit.deny_modal(status))
+
+
+async def show_instance(deps: Deps, view: dict[str, Any]) -> None:
+    """Another instance picked in the request modal: offer its roles and durations."""
+    chosen = value(view["state"]["values"], kit.B_INSTANCE, kit.INSTANCE_SELECT)
+    cfg = deps.config.get()
+    inst = cfg.instances.get(chosen)
+    if inst is None:
+        return
+    roles = await roles_of(deps, inst)
+    modal = kit.request_modal(list(cfg.instances.values()), inst, roles)
+    try:
+        await deps.web.views_update(view_id=view["id"], hash=view.get("hash"), view=modal)
+    except SlackApiError as e:
+        if e.response.get("error") != "hash_conflict":
+            raise

@@ -1,0 +1,125 @@
+"""Helpers more than one kind of listener needs: who acts, answers, role lists, request lists."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+
+from listeners.deps import Deps
+from rolecall import operations
+from rolecall.config import Instance
+from rolecall.errors import ConfigError, RolecallError
+from rolecall.models import RequestState, RequestStatus
+from rolecall.policy import refusal
+from rolecall.roles import names as role_names
+from rolecall.slack_identity import Identity
+
+log = logging.getLogger("rolecall.slack_app")
+
+ROLE_LIST_TIMEOUT = 1.5
+# A status query waits for a worker; lists skip requests that do not answer in time.
+STATUS_TIMEOUT = 1.5
+ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
+
+
+def me(context: AsyncBoltContext) -> Identity:
+    """The identity `members_only` put in the context; a listener never runs without it."""
+    identity = context.get("identity")
+    if not isinstance(identity, Identity):
+        raise RuntimeError("a listener ran without members_only's identity")
+    return identity
+
+
+def value(values: dict[str, Any], block: str, action: str = "value") -> str:
+    """What a modal's input holds: the selected option's value, or the typed text."""
+    item = (values.get(block) or {}).get(action) or {}
+    if item.get("selected_option"):
+        return str(item["selected_option"]["value"])
+    return str(item.get("value") or "")
+
+
+async def tell(deps: Deps, body: dict[str, Any], text: str) -> None:
+    """An answer only the clicker sees: ephemeral in the channel, else a DM."""
+    user = body["user"]["id"]
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    if channel:
+        try:
+            await deps.web.chat_postEphemeral(channel=channel, user=user, text=text)
+            return
+        except SlackApiError as e:
+            log.warning("ephemeral answer failed (%s); sending a DM", e.response.get("error"))
+    await deps.web.chat_postMessage(channel=user, text=text)
+
+
+# ---- role lists ------------------------------------------------------------------------------
+
+
+async def existing_roles(inst: Instance) -> list[str]:
+    """Requestable roles that exist on the instance (exact config names if it can't be read).
+
+    The Slack app's only database read, on a short connection of its own (not the budgeted
+    `rolecall.pg.connect`). Imported here, not at the top: the Slack app is a Temporal client
+    and otherwise never loads psycopg (tests/test_layout.py). Role lists move to the worker
+    side later, and this goes with them.
+    """
+    import psycopg
+
+    from rolecall.pg import open_dsn
+
+    try:
+        dsn = inst.dsn()
+        async with await open_dsn(dsn, connect_timeout=2, application_name="rolecall-slack") as conn:
+            cur = await conn.execute(
+                "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin AND rolname !~ '^pg_' ORDER BY 1"
+            )
+            names = [str(r[0]) for r in await cur.fetchall()]
+        return [n for n in names if inst.is_requestable(n)]
+    except (psycopg.Error, ConfigError, OSError) as e:
+        log.warning("roles of instance %s could not be listed: %s", inst.name, e)
+        return role_names(inst.roles)
+
+
+async def roles_of(deps: Deps, inst: Instance) -> list[str]:
+    """The roles the request modal offers on `inst`, cached for a little while."""
+    hit = deps.role_cache.get(inst.name)
+    if hit is not None:
+        return list(hit)
+    try:
+        roles = await asyncio.wait_for(existing_roles(inst), ROLE_LIST_TIMEOUT)
+    except TimeoutError:
+        log.warning("listing roles of %s took too long; showing the configured names", inst.name)
+        return role_names(inst.roles)
+    deps.role_cache.put(inst.name, roles)
+    return roles
+
+
+# ---- request lists ---------------------------------------------------------------------------
+
+
+async def status_or_none(deps: Deps, rid: str) -> RequestStatus | None:
+    """The status, or None when it is unknown or cannot be had quickly (no worker)."""
+    try:
+        return await asyncio.wait_for(operations.get_status(deps.temporal, rid), STATUS_TIMEOUT)
+    except (RolecallError, TimeoutError):
+        return None
+
+
+async def own_requests(deps: Deps, email: str) -> list[RequestStatus]:
+    rows = await operations.list_requests(deps.temporal, requester=email, limit=100)
+    ids = [r["id"] for r in rows if r["state"] in {s.value for s in ACTIVE}]
+    found = await asyncio.gather(*(status_or_none(deps, i) for i in ids))
+    return [s for s in found if s is not None and s.state in ACTIVE]
+
+
+async def waiting_for(deps: Deps, email: str) -> list[RequestStatus]:
+    rows = await operations.list_requests(deps.temporal, state=RequestState.PENDING.value, limit=100)
+    found = await asyncio.gather(*(status_or_none(deps, r["id"]) for r in rows))
+    return [
+        s
+        for s in found
+        if s is not None and s.state == RequestState.PENDING and refusal("approve", email, s) is None
+    ]

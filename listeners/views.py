@@ -1,0 +1,154 @@
+"""Modal submissions: the access request, and a denial's reason.
+
+A submission is checked here first (the modal's values may be stale or hand-made) and answered
+in the modal; then the request's workflow is started and its check awaited for up to
+`SUBMIT_WAIT`, so a refusal shows under the field it concerns. A slower check closes the modal
+and answers by DM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+
+from listeners.common import ACTIVE, me, value
+from listeners.deps import Deps
+from rolecall import contract, operations
+from rolecall import slack_blocks as kit
+from rolecall.config import Instance
+from rolecall.durations import format_duration, parse_duration
+from rolecall.errors import AlreadyRequested, Field, RolecallError
+from rolecall.models import AccessRequest, Decision, RequestStatus
+from rolecall.slack_identity import Identity
+
+log = logging.getLogger("rolecall.slack_app")
+
+# How long a submission may wait for the request's check before answering Slack anyway.
+SUBMIT_WAIT = 2.0
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    @app.view(kit.REQUEST_MODAL)
+    async def on_request_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await submit_request(deps, ack, body, context)
+
+    @app.view(kit.DENY_MODAL)
+    async def on_deny_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        rid = str(body["view"]["private_metadata"])
+        reason = value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
+        actor = me(context).email
+        try:
+            await operations.decide(
+                deps.temporal, rid, contract.DENY, Decision(actor=actor, reason=reason, via="slack")
+            )
+        except RolecallError as e:
+            await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
+            return
+        await ack()
+
+
+def read_form(deps: Deps, values: dict[str, Any]) -> tuple[Instance | None, timedelta | None, dict[str, str]]:
+    """The chosen instance and duration, and the errors to show under each field."""
+    errors: dict[str, str] = {}
+    inst = deps.config.get().instances.get(value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT))
+    role = value(values, kit.B_ROLE)
+    duration: timedelta | None = None
+    if inst is None:
+        errors[kit.B_INSTANCE] = "Choose one of the configured instances."
+        return None, None, errors
+    try:
+        duration = parse_duration(value(values, kit.B_DURATION))
+        if duration > inst.max_duration:
+            errors[kit.B_DURATION] = (
+                f"{format_duration(duration)} is over the maximum of "
+                f"{format_duration(inst.max_duration)} on {inst.name}."
+            )
+    except ValueError as e:
+        errors[kit.B_DURATION] = str(e)
+    if not role:
+        errors[kit.B_ROLE if kit.B_ROLE in values else kit.B_INSTANCE] = (
+            f"No requestable role on {inst.name}: choose another instance."
+        )
+    elif not inst.is_requestable(role):
+        errors[kit.B_ROLE] = f"{role} is no longer requestable on {inst.name}."
+    return inst, duration, errors
+
+
+async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+    started = time.monotonic()
+    values = body["view"]["state"]["values"]
+    user_id = body["user"]["id"]
+    inst, duration, errors = read_form(deps, values)
+    if errors:
+        await ack(response_action="errors", errors=errors)
+        return
+    assert inst is not None and duration is not None
+    role = value(values, kit.B_ROLE)
+    who = me(context)
+    # An open request for the same role: answer in the modal without starting anything.
+    if await _already_open(deps, ack, inst, role, who):
+        return
+    req = AccessRequest(
+        requester=who.email,
+        requester_name=who.name,
+        instance=inst.name,
+        role=role,
+        duration=duration,
+        reason=value(values, kit.B_REASON).strip(),
+        source="slack",
+        slack_user_id=user_id,
+    )
+    task = asyncio.ensure_future(operations.submit(deps.temporal, req, deps.settings.task_queue))
+    budget = max(0.2, SUBMIT_WAIT - (time.monotonic() - started))
+    done, _ = await asyncio.wait({task}, timeout=budget)
+    if not done:
+        # The check is slow (database far away): close the modal, answer by DM.
+        await ack()
+        deps.later(_finish_submit(deps, task, user_id))
+        return
+    err = task.exception()
+    if isinstance(err, RolecallError):
+        await ack(response_action="errors", errors={error_block(err): str(err)[:2000]})
+        return
+    await ack()
+    if err is not None:
+        log.error("submit failed: %r", err)
+        await deps.web.chat_postMessage(channel=user_id, text=f"Your request could not be started: {err}")
+
+
+async def _already_open(deps: Deps, ack: Any, inst: Instance, role: str, who: Identity) -> bool:
+    with contextlib.suppress(RolecallError):
+        existing = await operations.get_status(deps.temporal, contract.request_id(inst.name, role, who.email))
+        if existing.state in ACTIVE:
+            await ack(
+                response_action="errors",
+                errors={kit.B_ROLE: f"You already have a {existing.state.value} request for {role}."},
+            )
+            return True
+    return False
+
+
+async def _finish_submit(deps: Deps, task: asyncio.Future[RequestStatus], user_id: str) -> None:
+    try:
+        await task
+    except AlreadyRequested as e:
+        await deps.web.chat_postMessage(channel=user_id, text=f":no_entry_sign: {e}")
+    except RolecallError as e:
+        await deps.web.chat_postMessage(
+            channel=user_id, text=f":no_entry_sign: Your request was not accepted: {e}"
+        )
+
+
+# The modal field each kind of refusal is shown under (`RolecallError.field`).
+FIELD_BLOCKS: dict[Field, str] = {"instance": kit.B_INSTANCE, "role": kit.B_ROLE, "duration": kit.B_DURATION}
+
+
+def error_block(err: RolecallError) -> str:
+    """The modal field a refusal is shown under: the one its type says it is about."""
+    return FIELD_BLOCKS[err.field]

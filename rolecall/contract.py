@@ -1,0 +1,77 @@
+"""What the clients (CLI, Slack app, operator tools) and the worker share about Temporal.
+
+A client talks to a workflow by these names and the models they carry, never by importing
+`workflows/`: that package pulls in `activities/` and so psycopg, pdpyras and the worker's
+side of slack_sdk, none of which a client needs. The names are the workflows' own (class and
+method names in `workflows/`); tests/test_layout.py checks that the two agree, so a rename on
+one side fails there rather than in production.
+
+Models stay in `rolecall.models`; they are re-exported here so a client can read, in one
+place, what each name takes and answers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rolecall.models import (
+    AccessRequest,
+    Decision,
+    ReconcileInput,
+    ReconcileReport,
+    RequestStatus,
+)
+from rolecall.policy import DECISIONS, SIGNALS
+from rolecall.temporal import request_id
+
+__all__ = [
+    "ACCESS_REQUEST",
+    "APPROVE",
+    "CANCEL",
+    "DECISIONS",
+    "DENY",
+    "RECONCILE",
+    "RELINQUISH",
+    "SIGNALS",
+    "STATUS",
+    "SUBMITTED",
+    "AccessRequest",
+    "Decision",
+    "ReconcileInput",
+    "ReconcileReport",
+    "RequestStatus",
+    "manual_reconcile_id",
+    "reconcile_id",
+    "request_id",
+]
+
+# ---- the access request: one workflow per request ------------------------------------------
+
+# Workflow type. Input: AccessRequest. Result: RequestStatus (the final one).
+# Its ID is `request_id(instance, role, requester)`.
+ACCESS_REQUEST: Final = "AccessRequestWorkflow"
+# Update, no argument -> RequestStatus: answers once the check is done (used with start).
+SUBMITTED: Final = "submitted"
+# Query, no argument -> RequestStatus.
+STATUS: Final = "status"
+# Signals, each carrying a Decision (the actor and why). `rolecall.policy.refusal` says
+# whether the actor may send one; the workflow asks it again and records refusals.
+APPROVE: Final = "approve"
+DENY: Final = "deny"
+CANCEL: Final = "cancel"
+RELINQUISH: Final = "relinquish"
+
+# ---- the reconciler -------------------------------------------------------------------------
+
+# Workflow type. Input: ReconcileInput. Result: ReconcileReport.
+RECONCILE: Final = "ReconcileWorkflow"
+
+
+def reconcile_id(instance: str) -> str:
+    """The ID of the scheduled reconcile runs of one instance."""
+    return f"reconcile/{instance}"
+
+
+def manual_reconcile_id(instance: str, suffix: str) -> str:
+    """The ID of a `rolecall reconcile` run: never the schedule's, so both may run."""
+    return f"{reconcile_id(instance)}/manual-{suffix}"

@@ -61,5 +61,5 @@ async def history_shape(stack: Stack, workflow_id: str) -> str:
         if event.marker_recorded_event_attributes.marker_name == "core_local_activity":
             markers += 1
     acts = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in kinds.items())
-    local = f", {markers} local activities" if markers else ""
-    return f"{len(history.events)} events, {sum(kinds.values())} activities ({acts}){local}"
+    shape = f"{len(history.events)} events, {sum(kinds.values())} activities" + (f" ({acts})" if acts else "")
+    return shape + (f", {markers} local activities" if markers else "")

@@ -163,20 +163,22 @@ async def engine_floor(b: Bench, counts: list[int]) -> MemoryFloor:
         )
 
     async with Peak(worker.rss) as peak:
-        done = 0
+        done, paused = 0, 0.0
         while done < max(counts):
             step = min(BATCH, max(counts) - done, min(c for c in counts if c > done) - done)
             batch = await bounded(b.counts.create_concurrency, list(range(done, done + step)), start)
             out.failed += len(errors_of(batch))
             handles += [h for h in batch if not isinstance(h, BaseException)]
             done += step
-            out.steps.append(f"{done}: {worker.rss():.0f} MB")
             if done in counts:
-                seconds = time.monotonic() - started
                 await _settle(handles, worker)
-                await asyncio.sleep(5 if done == max(counts) else 2)
+                seconds = time.monotonic() - started - paused  # started and parked on their timers
+                pause = 5 if done == max(counts) else 2
+                await asyncio.sleep(pause)
+                paused += pause
                 out.points[done] = FloorPoint(done, worker.rss(), b.floor_rss_idle, seconds)
                 say(f"memory floor: {done} open, worker RSS {out.points[done].rss:.0f} MB")
+            out.steps.append(f"{done}: {worker.rss():.0f} MB")
     out.peak = peak.value
     return out
 
@@ -188,12 +190,13 @@ def _floor_rows(b: Bench, f: MemoryFloor) -> None:
                 f"Worker RSS, {n} minimal workflows waiting on a timer",
                 f"{p.rss:.0f} MB",
                 f"{p.per_workflow_mb * 1024:.0f} KB per open workflow (idle {p.idle:.0f} MB); "
-                f"created in {p.seconds:.0f}s ({n / p.seconds:.0f}/s)",
+                f"started and parked in {p.seconds:.0f}s ({n / p.seconds:.0f}/s)",
                 "Worker RSS" if n in (b.counts.mass, b.counts.memory) else "Worker RSS (the goal's count)",
             )
         )
     b.report.note(
-        f"memory floor: floor worker RSS after each batch: {', '.join(f.steps)}; peak {f.peak:.0f} MB; "
+        f"memory floor: floor worker RSS after each batch (settled at the counts above): "
+        f"{', '.join(f.steps)}; peak {f.peak:.0f} MB; "
         f"{f.failed} failed to start"
     )
 

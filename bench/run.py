@@ -7,7 +7,7 @@ measured next to a bare-SQL floor and an engine floor (minimal workflows, bench/
 the same run. It is a benchmark, not a test: it never fails on a missed goal, and CI does
 not run it.
 
-    .venv/bin/python bench/run.py                  # full run (~15-20 min on 2 cores)
+    .venv/bin/python bench/run.py                  # full run (~16 min on 2 cores)
     .venv/bin/python bench/run.py --quick          # smaller counts (~5 min)
     .venv/bin/python bench/run.py --quick --only lifecycles --floors only
 
@@ -110,7 +110,8 @@ async def bench(args: argparse.Namespace) -> int:
     wanted = set(args.only.split(",")) if args.only else set(FIGURES)
     unknown = wanted - set(FIGURES)
     if unknown:
-        print(f"bench: unknown figure(s) {', '.join(sorted(unknown))} (one of: {', '.join(FIGURES)})")
+        print(f"bench: unknown figure(s) {', '.join(sorted(unknown))} (one of: {', '.join(FIGURES)})",
+              file=sys.stderr)  # fmt: skip
         return 2
     began = time.monotonic()
     report = Report()

@@ -1,0 +1,150 @@
+"""The bench's child processes (hidden sub-commands of run.py): the fake Slack, the product
+worker, the Bolt app and the bare HTTP server of the ack floor. The floors' worker is in
+bench/floors/worker.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.common import SECRET, TOKEN, repo_on_path
+
+
+def serve_fake_slack(users_file: str, port_file: str) -> int:
+    repo_on_path()
+    from tests.fake_slack import FakeSlack
+
+    fake = FakeSlack(token=TOKEN)
+    for user_id, email, name in json.loads(Path(users_file).read_text()):
+        fake.add_user(user_id, email, name)
+    fake.start()
+    Path(port_file).write_text(str(fake.port))
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    deadline = time.monotonic() + 3 * 3600
+    while not stop and time.monotonic() < deadline:
+        time.sleep(0.2)
+    counts = Counter(c.method for c in fake.calls)
+    print("fake slack calls:", json.dumps(counts), flush=True)
+    fake.stop()
+    return 0
+
+
+def worker_options() -> dict[str, Any]:
+    """An experiment's extra temporalio Worker arguments (--worker-option), for both workers."""
+    return dict(json.loads(os.environ.get("BENCH_WORKER_OPTIONS") or "{}"))
+
+
+async def until_stopped() -> None:
+    """Until SIGINT or SIGTERM (at most 3 h)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 3 * 3600)
+
+
+async def bench_worker() -> None:
+    """What `rolecall worker` runs, but with the Slack client pointed at the fake.
+
+    `worker.run` builds its Slack client without a base URL (SLACK_API_URL is only read by
+    the Slack app), so it cannot be aimed at a local fake; this is the same build_worker.
+    """
+    from activities.slack import web_client
+    from rolecall.config import ConfigStore, Settings
+    from rolecall.temporal import connect
+    from worker import build_worker
+
+    options = worker_options()
+    if options:  # an experiment (--worker-option): extra temporalio Worker arguments
+        import functools
+
+        from temporalio.worker import Worker
+
+        import worker as worker_module
+
+        setattr(worker_module, "Worker", functools.partial(Worker, **options))  # noqa: B010
+        print(f"bench worker options: {options}", flush=True)
+    settings = Settings()
+    config = ConfigStore(os.environ["ROLECALL_CONFIG"])
+    client = await connect(settings)
+    slack = web_client(TOKEN, base_url=os.environ["BENCH_SLACK_API_URL"])
+    worker = build_worker(client, config, settings.task_queue, slack_client=slack)
+    with contextlib.suppress(ImportError):  # as `rolecall worker` does, where it exists
+        from rolecall.schedules import ensure_reconcile_schedules
+
+        await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
+    async with worker:
+        print("bench worker ready", flush=True)
+        await until_stopped()
+
+
+async def bench_app() -> None:
+    """`slack_app.serve` in HTTP mode, but listening on 127.0.0.1 (serve binds 0.0.0.0)."""
+    from aiohttp import web
+
+    from rolecall.config import ConfigStore, Settings
+    from rolecall.temporal import connect
+    from slack_app import build_app
+
+    settings = Settings()
+    config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
+    client = await connect(settings)
+    app = build_app(config, client, settings)
+    port = config.get().slack.port
+    runner = web.AppRunner(app.web_app(path="/slack/events", port=port))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"Slack app listening on 127.0.0.1:{port}", flush=True)
+    try:
+        await until_stopped()
+    finally:
+        await runner.cleanup()
+
+
+def serve_bare_http(port_file: str) -> int:
+    """The ack floor: aiohttp answering 200 after checking Slack's signature, nothing else."""
+    from aiohttp import web
+    from slack_sdk.signature import SignatureVerifier
+
+    verifier = SignatureVerifier(SECRET)
+
+    async def handle(request: web.Request) -> web.Response:
+        body = (await request.read()).decode()
+        ok = verifier.is_valid(
+            body=body,
+            timestamp=request.headers.get("X-Slack-Request-Timestamp", ""),
+            signature=request.headers.get("X-Slack-Signature", ""),
+        )
+        return web.Response(status=200 if ok else 401, text="")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/slack/events", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        Path(port_file).write_text(str(runner.addresses[0][1]))  # noqa: ASYNC240
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 3 * 3600)
+        await runner.cleanup()
+
+    asyncio.run(main())
+    return 0

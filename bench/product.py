@@ -1,0 +1,65 @@
+"""Requests through the product's own operations (what the CLI and the Slack app use)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from bench.stack import Stack
+
+
+def access_request(stack: Stack, index: int, role: str, duration: timedelta) -> Any:
+    from rolecall.models import AccessRequest
+
+    login = stack.logins[index]
+    return AccessRequest(
+        requester=stack.email(login),
+        requester_name=f"Bench {index}",
+        instance="pg",
+        role=role,
+        duration=duration,
+        reason="benchmark",
+        source="slack",
+        slack_user_id=stack.slack_user(index),
+    )
+
+
+async def submit(stack: Stack, index: int, role: str, duration: timedelta) -> str:
+    from rolecall import operations
+
+    status = await operations.submit(
+        stack.client, access_request(stack, index, role, duration), stack.task_queue
+    )
+    return str(status.id)
+
+
+async def send_signal(stack: Stack, rid: str, name: str, actor: str) -> None:
+    """The signal alone (no pre-check): what bulk set-up uses to go fast."""
+    from rolecall import operations
+    from rolecall.models import Decision
+
+    await operations.handle(stack.client, rid).signal(name, Decision(actor=actor, reason="bench", via="cli"))
+
+
+async def result(stack: Stack, rid: str) -> Any:
+    from rolecall import operations
+
+    return await asyncio.wait_for(operations.handle(stack.client, rid).result(), 120)
+
+
+async def history_shape(stack: Stack, workflow_id: str) -> str:
+    """Events and activities (regular and local) in one closed workflow's history."""
+    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    kinds: Counter[str] = Counter()
+    markers = 0
+    for event in history.events:
+        attrs = event.activity_task_scheduled_event_attributes
+        if attrs.activity_type.name:
+            kinds[attrs.activity_type.name] += 1
+        if event.marker_recorded_event_attributes.marker_name == "core_local_activity":
+            markers += 1
+    acts = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in kinds.items())
+    shape = f"{len(history.events)} events, {sum(kinds.values())} activities" + (f" ({acts})" if acts else "")
+    return shape + (f", {markers} local activities" if markers else "")

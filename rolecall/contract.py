@@ -32,6 +32,7 @@ __all__ = [
     "DENY",
     "RECONCILE",
     "RELINQUISH",
+    "REVIEW",
     "SIGNALS",
     "STATUS",
     "SUBMITTED",
@@ -60,6 +61,7 @@ APPROVE: Final = "approve"
 DENY: Final = "deny"
 CANCEL: Final = "cancel"
 RELINQUISH: Final = "relinquish"
+REVIEW: Final = "review"  # a break-glass grant reviewed by an approver
 
 # ---- the reconciler -------------------------------------------------------------------------
 

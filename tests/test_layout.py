@@ -86,6 +86,7 @@ def test_the_contract_names_are_the_workflows_own() -> None:
             contract.DENY,
             contract.CANCEL,
             contract.RELINQUISH,
+            contract.REVIEW,
         }
     )
     assert set(req.queries) == {contract.STATUS}

@@ -10,6 +10,7 @@ Temporal retries the activity. The workflow never waits for these before a grant
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -25,6 +26,7 @@ from rolecall.models import (
     Notification,
     NotifyResult,
     ReconcileReport,
+    RequestState,
     RequestStatus,
 )
 from rolecall.slack_client import web_client
@@ -68,6 +70,22 @@ class SlackNotifier:
             elif ev == "review_overdue":
                 await self._approval(s, refs, post=False)
                 await self._review_overdue(s, refs)
+            elif ev == "expiring":
+                channel = await self._dm_channel(s)
+                text, blocks = kit.expiry_warning(s, datetime.now(UTC))
+                await self._put(
+                    refs,
+                    f"expiring_{int(s.expires_at.timestamp()) if s.expires_at else 0}",
+                    channel,
+                    text,
+                    blocks,
+                )
+            elif ev in ("extension_requested", "extended", "extension_denied"):
+                await self._extension(s, refs, ev)
+            elif ev == "reminder":
+                await self._reminder(s, refs, note.detail)
+            elif ev == "escalated":
+                await self._escalated(s, refs, note.detail)
             elif ev == "refused":
                 if note.recipient:
                     channel = await self._dm_user(note.recipient)
@@ -94,6 +112,71 @@ class SlackNotifier:
                 return NotifyResult(messages=refs)
             raise
         return NotifyResult(messages=refs)
+
+    async def _extension(self, s: RequestStatus, refs: dict[str, MessageRef], ev: str) -> None:
+        """The ask lives in the approvers' thread, updated in place; the grant DM shows the expiry."""
+        key = f"extension_{len(s.extensions)}"
+        card = refs.get("approval")
+        text, blocks = kit.extension_message(s)
+        if key in refs:
+            await self._put(refs, key, refs[key].channel, text, blocks)
+        elif card is not None:
+            resp = await self._client.chat_postMessage(
+                channel=card.channel, thread_ts=card.ts, text=text, blocks=blocks
+            )
+            refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
+            _record_refs(refs)
+        if ev != "extension_requested":
+            await self._approval(s, refs, post=False)
+            if "grant" in refs:
+                await self._put(refs, "grant", refs["grant"].channel, *kit.grant_message(s))
+        if ev == "extension_denied":
+            await self._put(refs, key + "_dm", await self._dm_channel(s), text, blocks)
+
+    async def _mentions(self, emails: list[str]) -> list[str]:
+        out = []
+        for email in emails:
+            try:
+                found = await self._client.users_lookupByEmail(email=email)
+            except SlackApiError:
+                continue
+            out.append(f"<@{found['user']['id']}>")
+        return out
+
+    async def _reminder(self, s: RequestStatus, refs: dict[str, MessageRef], waited: str) -> None:
+        card = refs.get("approval")
+        if card is None:
+            return
+        key = f"reminder_{s.reminded}"
+        if key not in refs:
+            text, blocks = kit.reminder(s, await self._mentions(s.approvers), waited)
+            resp = await self._client.chat_postMessage(
+                channel=card.channel, thread_ts=card.ts, text=text, blocks=blocks
+            )
+            refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
+            _record_refs(refs)
+
+    async def _escalated(self, s: RequestStatus, refs: dict[str, MessageRef], targets: str) -> None:
+        """The request, with working buttons, where escalate_to says: channels, people, groups."""
+        granted = s.state == RequestState.GRANTED
+        text, blocks = kit.extension_message(s) if granted else kit.approver_message(s)
+        for target in (t.strip() for t in targets.split(",") if t.strip()):
+            key = f"escalated_{target}"
+            if key in refs:
+                continue
+            if "@" in target:
+                found = await self._client.users_lookupByEmail(email=target)
+                channel = await self._dm_user(str(found["user"]["id"]))
+            elif target.startswith("S"):
+                members = await self._client.usergroups_users_list(usergroup=target)
+                users: list[str] = list(members.get("users", []))
+                for user in users:
+                    await self._put(refs, f"{key}_{user}", await self._dm_user(str(user)), text, blocks)
+                refs[key] = MessageRef(channel=target, ts="")
+                continue
+            else:
+                channel = target
+            await self._put(refs, key, channel, f"Escalated: {text}", blocks)
 
     async def _review_overdue(self, s: RequestStatus, refs: dict[str, MessageRef]) -> None:
         """A reply in the alert's thread mentioning the approvers, and a DM to each of them."""

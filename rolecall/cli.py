@@ -23,6 +23,7 @@ from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import BadRequest, RolecallError
 from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestStatus
+from rolecall.policy import EXTENSION_DECISIONS
 from rolecall.temporal import connect
 
 
@@ -70,11 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", "cancel your own pending request"),
         ("relinquish", "give back access before it expires"),
         ("review", "mark a break-glass grant reviewed"),
+        ("approve-extension", "approve a pending extension"),
+        ("deny-extension", "deny a pending extension"),
     ]:
         d = sub.add_parser(name, help=helptext)
         d.add_argument("id")
         d.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
         d.add_argument("--reason", "--note", dest="reason", default="")
+
+    ex = sub.add_parser("extend", help="ask for more time on your granted access")
+    ex.add_argument("id")
+    ex.add_argument("--by", required=True, type=_duration, help="how much longer, e.g. 30m")
+    ex.add_argument("--as", dest="actor", required=True, metavar="EMAIL")
+    ex.add_argument("--reason", default="")
 
     st = sub.add_parser("status", help="show one request")
     st.add_argument("id")
@@ -215,7 +224,15 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"warning: {w}")
         print(status.id)
         return 0
-    if args.command in ("approve", "deny", "cancel", "relinquish", "review"):
+    if args.command == "extend":
+        answer = await operations.extend(
+            client, args.id, Decision(actor=args.actor, reason=args.reason, via="cli"), args.by
+        )
+        print(f"{answer.state}: {answer.message}")
+        return 0
+    if args.command in ("approve-extension", "deny-extension"):
+        args.command = args.command.replace("-", "_")
+    if args.command in ("approve", "deny", "cancel", "relinquish", "review", *EXTENSION_DECISIONS):
         decision = Decision(actor=args.actor, reason=args.reason, via="cli")
         await operations.decide(client, args.id, args.command, decision)
         print(f"{args.command} sent for {args.id}")

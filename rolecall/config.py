@@ -53,6 +53,17 @@ def _duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _duration_or_off(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("0", "0s", "0m", "off"):
+        return timedelta(0)
+    return _duration(value)
+
+
+# A duration where "0s" (or "off") turns the feature off.
+DurationOrOff = Annotated[timedelta, BeforeValidator(_duration_or_off)]
+ExtendApproval = Literal["approver", "auto"]
 _PAGERDUTY_ID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 
 
@@ -83,6 +94,27 @@ class _RuleKeys(_Strict):
     break_glass: bool | None = None
     break_glass_max: Duration | None = None
     review_within: Duration | None = None
+    # Day two: warn before expiry, extend, remind and escalate pending requests.
+    expiry_warning: DurationOrOff | None = None  # default 10m; "0s" turns it off
+    extend_approval: ExtendApproval | None = None  # default "approver"
+    max_total_duration: Duration | None = None  # default max_duration, from the first grant
+    max_extensions: int | None = Field(default=None, ge=0, le=100)  # default 3
+    remind_approvers_after: DurationOrOff | None = None  # default off
+    remind_every: Duration | None = None  # default remind_approvers_after
+    escalate_after: DurationOrOff | None = None  # default off
+    escalate_to: list[str] | None = None  # channels (#name, C...), emails, user groups (S...)
+
+    @field_validator("escalate_to")
+    @classmethod
+    def _escalation_targets(cls, value: list[str] | None) -> list[str] | None:
+        for target in value or []:
+            if not (
+                target.startswith("#") or _EMAIL.match(target) or re.match(r"^[CGS][A-Z0-9]{2,}$", target)
+            ):
+                raise ValueError(
+                    f"{target!r} is not a channel (#name or C...), an email or a user group (S...)"
+                )
+        return value
 
     @field_validator("reason_pattern")
     @classmethod
@@ -253,6 +285,8 @@ class Instance(_RuleKeys):
                 f"{where}approvals_required: {required} distinct approvals, but only {len(approvers)} "
                 "approver(s) can give one (the requester never counts)"
             )
+        if get("escalate_after") and not get("escalate_to"):
+            raise ValueError(f"{where}escalate_to: escalate_after needs somewhere to escalate to")
         if get("break_glass") and get("break_glass_max") is None:
             raise ValueError(
                 f"{where}break_glass_max: break_glass = true needs a break_glass_max (e.g. '30m')"
@@ -336,6 +370,14 @@ class Instance(_RuleKeys):
             break_glass=pick("break_glass", False),
             break_glass_max=pick("break_glass_max", None),
             review_within=pick("review_within", timedelta(hours=12)),
+            expiry_warning=pick("expiry_warning", timedelta(minutes=10)),
+            extend_approval=pick("extend_approval", "approver"),
+            max_total_duration=pick("max_total_duration", pick("max_duration", timedelta(hours=8))),
+            max_extensions=pick("max_extensions", 3),
+            remind_after=pick("remind_approvers_after", timedelta(0)) or None,
+            remind_every=pick("remind_every", None),
+            escalate_after=pick("escalate_after", timedelta(0)) or None,
+            escalate_to=list(pick("escalate_to", [])),
         )
 
     def rule_warnings(self) -> list[str]:

@@ -17,6 +17,8 @@ from typing import Final
 from rolecall.models import (
     AccessRequest,
     Decision,
+    ExtendAnswer,
+    ExtendRequest,
     ReconcileInput,
     ReconcileReport,
     RequestStatus,
@@ -27,9 +29,12 @@ from rolecall.temporal import request_id
 __all__ = [
     "ACCESS_REQUEST",
     "APPROVE",
+    "APPROVE_EXTENSION",
     "CANCEL",
     "DECISIONS",
     "DENY",
+    "DENY_EXTENSION",
+    "EXTEND",
     "RECONCILE",
     "RELINQUISH",
     "REVIEW",
@@ -38,6 +43,8 @@ __all__ = [
     "SUBMITTED",
     "AccessRequest",
     "Decision",
+    "ExtendAnswer",
+    "ExtendRequest",
     "ReconcileInput",
     "ReconcileReport",
     "RequestStatus",
@@ -62,6 +69,11 @@ DENY: Final = "deny"
 CANCEL: Final = "cancel"
 RELINQUISH: Final = "relinquish"
 REVIEW: Final = "review"  # a break-glass grant reviewed by an approver
+APPROVE_EXTENSION: Final = "approve_extension"
+DENY_EXTENSION: Final = "deny_extension"
+# Update, ExtendRequest -> ExtendAnswer: the requester asks for more time on a granted request;
+# refused (validator) with the reason, approved at once, or left pending for the approvers.
+EXTEND: Final = "extend"
 
 # ---- the reconciler -------------------------------------------------------------------------
 

@@ -102,6 +102,14 @@ class AppliedRule(Model):
     break_glass: bool = False
     break_glass_max: timedelta | None = None
     review_within: timedelta = timedelta(hours=12)
+    expiry_warning: timedelta = timedelta(0)  # 0: no warning (histories from before day two)
+    extend_approval: Literal["approver", "auto"] = "approver"
+    max_total_duration: timedelta | None = None  # None: max_duration
+    max_extensions: int = 3
+    remind_after: timedelta | None = None
+    remind_every: timedelta | None = None
+    escalate_after: timedelta | None = None
+    escalate_to: list[str] = []
 
 
 class Policy(Model):
@@ -190,6 +198,33 @@ class Approval(Model):
     by: str
     at: datetime
     via: str = ""
+
+
+class Extension(Model):
+    """One ask for more time on a granted request, and how it was decided."""
+
+    asked_by: str
+    at: datetime
+    added: timedelta
+    reason: str = ""
+    state: Literal["pending", "approved", "denied", "expired", "relinquished"] = "pending"
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    via: str = ""
+    approvals: list[Approval] = []
+
+
+class ExtendRequest(Model):
+    """The extend update's input: who asks (a Decision, signed from Slack) and for how long."""
+
+    decision: Decision
+    by: timedelta
+
+
+class ExtendAnswer(Model):
+    state: Literal["approved", "pending"]
+    expires_at: datetime | None = None
+    message: str
 
 
 class RefusedSignal(Model):
@@ -290,6 +325,10 @@ class RequestStatus(Model):
     reviewed_at: datetime | None = None
     review_note: str = ""
     review_escalated_at: datetime | None = None
+    extensions: list[Extension] = []
+    expiry_warned_for: datetime | None = None  # the expiry the last warning was about
+    reminded: int = 0  # reminders posted while the request (or an extension) waited
+    escalated_at: datetime | None = None
     # Objects the lent role came to own while it was lent (found at revoke): they outlive the
     # membership, so approvers are told. rolecall never drops them.
     new_objects: list[str] = []
@@ -312,6 +351,12 @@ NotificationEvent = Literal[
     "break_glass",  # emergency access granted at once: an alert for the approvers
     "review_overdue",  # nobody reviewed a break-glass grant in time
     "reviewed",
+    "expiring",  # the expiry warning DM, with Extend and Relinquish
+    "extension_requested",  # in the approvers' thread, with Approve / Deny
+    "extended",
+    "extension_denied",
+    "reminder",  # a pending request (or extension) still waits: a threaded reply
+    "escalated",  # posted to escalate_to with working buttons
 ]
 
 

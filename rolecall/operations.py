@@ -15,6 +15,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowUpdateFailedError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -22,7 +23,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from rolecall import contract
@@ -36,7 +37,7 @@ from rolecall.errors import (
     NotFound,
     RolecallError,
 )
-from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
+from rolecall.models import AccessRequest, Decision, ExtendAnswer, ExtendRequest, RequestState, RequestStatus
 from rolecall.policy import SIGNALS, refusal
 from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
 
@@ -127,6 +128,22 @@ async def decide(client: Client, request_id: str, signal: str, decision: Decisio
         raise NotAllowed(why)
     await handle(client, request_id).signal(signal, decision)
     return status
+
+
+async def extend(client: Client, request_id: str, decision: Decision, by: timedelta) -> ExtendAnswer:
+    """Ask for more time; the workflow's own validator refuses with the reason (nothing changes)."""
+    if by <= timedelta(0):
+        raise BadDuration("the extension must be a positive duration")
+    decision = decision.model_copy(update={"actor": decision.actor.strip().lower()})
+    await get_status(client, request_id)  # a clear line for an unknown or closed request
+    try:
+        answer: ExtendAnswer = await handle(client, request_id).execute_update(
+            contract.EXTEND, ExtendRequest(decision=decision, by=by), result_type=ExtendAnswer
+        )
+        return answer
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause.cause if isinstance(e.cause, ActivityError) else e.cause
+        raise NotAllowed(str(getattr(cause, "message", None) or cause or e)) from None
 
 
 async def list_requests(

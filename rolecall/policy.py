@@ -9,7 +9,8 @@ from __future__ import annotations
 from rolecall.models import RequestState, RequestStatus
 
 DECISIONS = ("approve", "deny", "cancel")
-SIGNALS = (*DECISIONS, "relinquish", "review")
+EXTENSION_DECISIONS = ("approve_extension", "deny_extension")
+SIGNALS = (*DECISIONS, "relinquish", "review", *EXTENSION_DECISIONS)
 
 
 VERIFIED = "slack (verified)"
@@ -31,6 +32,14 @@ def refusal(signal: str, actor: str, status: RequestStatus, via: str = "cli") ->
             f"instance {status.instance!r} accepts only decisions made in Slack and verified by "
             f"rolecall; this one is {'from the CLI' if via == 'cli' else via}"
         )
+    if signal in EXTENSION_DECISIONS:
+        if state != RequestState.GRANTED:
+            return f"this access is {label(state)}: there is no extension to decide"
+        if is_requester:
+            return "you can't decide on your own extension"
+        if actor not in status.approvers:
+            return f"{actor} is not an approver for instance {status.instance!r}"
+        return None
     if signal == "review":
         if not status.break_glass:
             return "only break-glass grants are reviewed"

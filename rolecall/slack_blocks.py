@@ -24,6 +24,9 @@ DENY = "rolecall_deny_open"
 CANCEL = "rolecall_cancel"
 RELINQUISH = "rolecall_relinquish"
 REVIEW = "rolecall_review"
+EXTEND = "rolecall_extend"
+APPROVE_EXTENSION = "rolecall_extend_approve"
+DENY_EXTENSION = "rolecall_extend_deny"
 INSTANCE_SELECT = "rolecall_instance"
 # Block IDs of the request modal (errors are keyed by block ID).
 B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
@@ -313,9 +316,76 @@ def grant_message(status: RequestStatus) -> tuple[str, list[Block]]:
         lines.append(f"Approved by {escape(s.decided_by)}.")
     blocks: list[Block] = [section("\n".join(lines)), *_warnings(s)]
     if s.state == RequestState.GRANTED:
-        blocks.append({"type": "actions", "block_id": "relinquish", "elements": [relinquish_button(s.id)]})
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "relinquish",
+                "elements": [button("Extend", EXTEND, s.id), relinquish_button(s.id)],
+            }
+        )
     blocks.append(context(f"request `{escape(s.id)}`"))
     return text, blocks
+
+
+def expiry_warning(s: RequestStatus, now: datetime) -> tuple[str, list[Block]]:
+    """Sent once per expiry time, that long before it: Extend or Relinquish."""
+    assert s.expires_at is not None
+    minutes = max(1, round((s.expires_at - now).total_seconds() / 60))
+    text = f"{s.role} on {s.instance} expires at {s.expires_at:%H:%M} UTC (in {minutes} minutes)"
+    line = (
+        f":hourglass_flowing_sand: `{escape(s.role)}` on `{escape(s.instance)}` expires "
+        f"{slack_date(s.expires_at)} (in {minutes} minutes)"
+    )
+    actions: Block = {
+        "type": "actions",
+        "block_id": "expiring",
+        "elements": [button("Extend", EXTEND, s.id, "primary"), relinquish_button(s.id)],
+    }
+    return text, [section(line), actions]
+
+
+def extension_message(s: RequestStatus) -> tuple[str, list[Block]]:
+    """The latest extension in the approvers' thread: the ask, then how it was decided."""
+    ext = s.extensions[-1]
+    reason = f" ({ext.reason})" if ext.reason else ""
+    text = f"{s.requester_name or s.requester} asks for {format_duration(ext.added)} more on {s.role}{reason}"
+    lines = [f":hourglass: {escape(text)}"]
+    if s.approvals_required > 1:
+        done = ", ".join(escape(a.by) for a in ext.approvals) or "none yet"
+        lines.append(f"{len(ext.approvals)} of {s.approvals_required} approvals: {done}")
+    blocks: list[Block] = [section("\n".join(lines))]
+    if ext.state == "pending":
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "extension",
+                "elements": [
+                    button("Approve", APPROVE_EXTENSION, s.id, "primary"),
+                    button("Deny", DENY_EXTENSION, s.id, "danger"),
+                ],
+            }
+        )
+    else:
+        verdict = {
+            "approved": ":white_check_mark: Approved",
+            "denied": ":x: Denied",
+            "expired": ":lock: Ended with the grant",
+            "relinquished": ":lock: Ended: relinquished",
+        }[ext.state]
+        by = f" by {escape(ext.decided_by)}" if ext.decided_by and ext.state in ("approved", "denied") else ""
+        until = (
+            f"; access now ends {slack_date(s.expires_at)}"
+            if ext.state == "approved" and s.expires_at
+            else ""
+        )
+        blocks.append(context(f"{verdict}{by}{until}"))
+    return text, blocks
+
+
+def reminder(s: RequestStatus, mentions: list[str], waited: str) -> tuple[str, list[Block]]:
+    what = "an extension" if s.state == RequestState.GRANTED else "a decision"
+    text = f"Still waiting for {what} on {s.requester}'s request for {s.role} ({waited})"
+    return text, [section(f"{' '.join(mentions)} :bell: {escape(text)}".strip())]
 
 
 def relinquish_button(request_id: str) -> dict[str, Any]:

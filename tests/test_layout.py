@@ -87,10 +87,12 @@ def test_the_contract_names_are_the_workflows_own() -> None:
             contract.CANCEL,
             contract.RELINQUISH,
             contract.REVIEW,
+            contract.APPROVE_EXTENSION,
+            contract.DENY_EXTENSION,
         }
     )
     assert set(req.queries) == {contract.STATUS}
-    assert set(req.updates) == {contract.SUBMITTED}
+    assert set(req.updates) == {contract.SUBMITTED, contract.EXTEND}
     assert _types(AccessRequestWorkflow.run) == [contract.AccessRequest, contract.RequestStatus]
     assert _types(AccessRequestWorkflow.status) == [contract.RequestStatus]
     assert _types(AccessRequestWorkflow.submitted) == [contract.RequestStatus]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -27,10 +28,14 @@ with workflow.unsafe.imports_passed_through():
     from rolecall.metrics import observe
     from rolecall.models import (
         AccessRequest,
+        AppliedRule,
         Approval,
         ApproverGroups,
         Approvers,
         Decision,
+        ExtendAnswer,
+        ExtendRequest,
+        Extension,
         GrantInput,
         GrantResult,
         MessageRef,
@@ -124,6 +129,7 @@ class AccessRequestWorkflow:
         self._signatures: set[str] = set()  # each signed decision counts once
         self._settling = 0  # decisions received, not yet counted or refused
         self._review_task: asyncio.Task[None] | None = None
+        self._nag_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -177,6 +183,11 @@ class AccessRequestWorkflow:
                 s.on_call_detail = f"{oncall.detail} (not used: {s.decided_by} decided first)"
             self._set_state(RequestState.PENDING, "waiting for an approver")
             self._notify("requested")
+            rule = policy.rule
+            if rule is not None and (rule.remind_after or rule.escalate_after):
+                self._nag_task = asyncio.create_task(
+                    self._nag(lambda: self._decision is None, workflow.now())
+                )
             if not await self._wait_for_decision(policy):
                 s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
                 return await self._finish(RequestState.TIMED_OUT, "timed_out")
@@ -277,18 +288,22 @@ class AccessRequestWorkflow:
         self._notify("granted")
         final = RequestState.EXPIRED
         try:
-            await workflow.wait_condition(
-                lambda: self._relinquished is not None,
-                timeout=s.duration,
-                timeout_summary="grant expiry",
-            )
-            final = RequestState.RELINQUISHED
+            if workflow.patched("day-two"):
+                final = await self._until_expiry(policy)
+            else:
+                await workflow.wait_condition(
+                    lambda: self._relinquished is not None,
+                    timeout=s.duration,
+                    timeout_summary="grant expiry",
+                )
+                final = RequestState.RELINQUISHED
         except builtins.TimeoutError:
             pass
         except asyncio.CancelledError:
             # Cancelled from the Temporal UI or CLI: treat it as relinquished by an operator.
             s.decision_reason = "workflow cancelled by an operator"
             final = RequestState.RELINQUISHED
+        self._close_pending_extension("relinquished" if final == RequestState.RELINQUISHED else "expired")
         self._set_state(RequestState.REVOKING, f"{label(final)}, revoking")
         result = await self._revoke(policy, owned)
         s.revoked_at = workflow.now()
@@ -305,6 +320,211 @@ class AccessRequestWorkflow:
             ]
         event: NotificationEvent = "expired" if final == RequestState.EXPIRED else "relinquished"
         return await self._finish(final, event)
+
+    async def _until_expiry(self, policy: Policy) -> RequestState:
+        """Wait for relinquish or the expiry, which an extension may move; warn once per expiry.
+
+        The expiry timer fires first when an extension is approved in the same task: the
+        grant ends as it was due to, and the extension is closed as expired (tested).
+        """
+        s = self._status
+        assert s.expires_at is not None and s.duration is not None
+        warning = policy.rule.expiry_warning if policy.rule else timedelta(0)
+        if s.duration < 2 * warning:
+            warning = timedelta(0)  # a grant shorter than twice the warning gets none
+        while True:
+            expires: datetime = s.expires_at
+            now = workflow.now()
+            if expires <= now:
+                return RequestState.EXPIRED
+            warn_at = expires - warning if warning and s.expiry_warned_for != expires else None
+            if warn_at is not None and warn_at <= now:
+                warn_at = None
+            wake = warn_at or expires
+            try:
+                await workflow.wait_condition(
+                    lambda e=expires: self._relinquished is not None or s.expires_at != e,  # type: ignore[misc]
+                    timeout=wake - now,
+                    timeout_summary="expiry warning" if warn_at else "grant expiry",
+                )
+            except builtins.TimeoutError:
+                if warn_at is None:
+                    return RequestState.EXPIRED
+                s.expiry_warned_for = expires
+                self._notify("expiring")
+                continue
+            if self._relinquished is not None:
+                return RequestState.RELINQUISHED
+
+    def _close_pending_extension(self, state: Literal["expired", "relinquished"]) -> None:
+        """A pending extension ends with its grant (relinquish wins over it)."""
+        ext = self._pending_extension()
+        if ext is not None:
+            ext.state = state
+
+    def _pending_extension(self) -> Extension | None:
+        last = self._status.extensions[-1] if self._status.extensions else None
+        return last if last is not None and last.state == "pending" else None
+
+    # ---- extensions ------------------------------------------------------------------------
+
+    @workflow.update
+    async def extend(self, ask: ExtendRequest) -> ExtendAnswer:
+        """The requester asks for more time; approved at once (auto) or by the approvers."""
+        async with self._decisions:
+            via = await self._origin("extend", ask.decision)
+            if via is None:
+                raise ApplicationError(self._status.refused[-1].why, type="NotAllowed", non_retryable=True)
+            why = self._extension_refusal(ask, via)
+            if why:
+                self._refuse("extend", ask.decision, why, via)
+                raise ApplicationError(why, type="NotAllowed", non_retryable=True)
+            s, rule = self._status, self._rule()
+            ext = Extension(asked_by=ask.decision.actor.lower(), at=workflow.now(), added=ask.by,
+                            reason=ask.decision.reason, via=via)  # fmt: skip
+            s.extensions = [*s.extensions, ext]
+            if rule.extend_approval == "auto":
+                self._apply_extension(ext, "auto", via)
+                return ExtendAnswer(
+                    state="approved", expires_at=s.expires_at, message=self._extended_line(ext)
+                )
+            self._notify("extension_requested")
+            self._nag_task = asyncio.create_task(self._nag(lambda: self._pending_extension() is ext, ext.at))
+            return ExtendAnswer(
+                state="pending",
+                expires_at=s.expires_at,
+                message=f"asked the approvers for {format_duration(ask.by)} more",
+            )
+
+    @extend.validator
+    def _validate_extend(self, ask: ExtendRequest) -> None:
+        why = self._extension_refusal(ask, None)
+        if why:
+            raise ValueError(why)
+
+    def _rule(self) -> AppliedRule:
+        return self._policy.rule if self._policy and self._policy.rule else AppliedRule()
+
+    def _extension_refusal(self, ask: ExtendRequest, via: Origin | None) -> str | None:
+        """Why this extension can't be asked for now; the same answer in validator and handler."""
+        s, rule = self._status, self._rule()
+        actor = ask.decision.actor.strip().lower()
+        if via is not None and not s.accept_unverified_decisions and via != "slack (verified)":
+            return f"instance {s.instance!r} accepts only decisions made in Slack and verified by rolecall"
+        if actor != s.requester:
+            return f"only the requester ({s.requester}) can extend this access"
+        if s.state != RequestState.GRANTED or s.granted_at is None or s.expires_at is None:
+            return f"only granted access can be extended; this request is {label(s.state)}"
+        if workflow.now() >= s.expires_at:
+            return "this access has already expired"
+        if self._relinquished is not None:
+            return "this access is being relinquished"
+        if ask.by <= timedelta(0):
+            return "the extension must be a positive duration"
+        if self._pending_extension() is not None:
+            return "an extension is already waiting for the approvers"
+        done = [e for e in s.extensions if e.state == "approved"]
+        if len(done) >= rule.max_extensions:
+            return f"this access was already extended {len(done)} times (the most rule {rule.name} allows)"
+        cap = rule.max_total_duration or rule.max_duration
+        left = s.granted_at + cap - s.expires_at
+        if ask.by > left:
+            return (
+                f"{format_duration(ask.by)} more would pass the {format_duration(cap)} this access may last "
+                f"in all; at most {format_duration(left) if left > timedelta(0) else 'nothing'} is left"
+            )
+        return None
+
+    def _apply_extension(self, ext: Extension, by: str, via: str) -> None:
+        """Only the timer moves: the membership stays, nothing is revoked and granted again."""
+        s = self._status
+        assert s.expires_at is not None
+        ext.state, ext.decided_by, ext.decided_at, ext.via = "approved", by, workflow.now(), via
+        s.expires_at = s.expires_at + ext.added
+        if self._held_until is not None:
+            self._held_until = s.expires_at
+        self._set_state(RequestState.GRANTED, f"extended until {s.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+        self._notify("extended")
+
+    def _extended_line(self, ext: Extension) -> str:
+        assert self._status.expires_at is not None
+        return f"extended by {format_duration(ext.added)}, until {self._status.expires_at:%Y-%m-%d %H:%M} UTC"
+
+    @workflow.signal
+    async def approve_extension(self, d: Decision) -> None:
+        await self._receive("approve_extension", d)
+
+    @workflow.signal
+    async def deny_extension(self, d: Decision) -> None:
+        await self._receive("deny_extension", d)
+
+    def _decide_extension(self, signal: str, d: Decision, via: Origin) -> None:
+        s, ext = self._status, self._pending_extension()
+        actor = d.actor.lower()
+        why = refusal(signal, actor, s, via)
+        if why is None and ext is None:
+            why = "no extension is waiting for a decision (it may have ended with the grant)"
+        if why is None and s.expires_at is not None and workflow.now() >= s.expires_at:
+            # Approved in the same moment as the expiry: the expiry wins, the grant ends.
+            why = f"too late: the access expired at {s.expires_at:%H:%M:%S} UTC"
+        if why is None and ext is not None and any(a.by == actor for a in ext.approvals):
+            why = f"you already approved this extension ({len(ext.approvals)} of {s.approvals_required})"
+        if why is not None or ext is None:
+            self._refuse(signal, d, why or "", via)
+            return
+        if signal == "deny_extension":
+            ext.state, ext.decided_by, ext.decided_at, ext.via = "denied", actor, workflow.now(), via
+            self._notify("extension_denied")
+            return
+        ext.approvals = [*ext.approvals, Approval(by=actor, at=workflow.now(), via=via)]
+        if len(ext.approvals) < s.approvals_required:
+            self._notify("extension_requested")  # the thread message shows the progress
+            return
+        self._apply_extension(ext, actor, via)
+
+    # ---- reminders and escalation ----------------------------------------------------------
+
+    async def _nag(self, waiting: Callable[[], bool], since: datetime) -> None:
+        """Remind the approvers while something waits for them, and escalate once.
+
+        Runs beside the lifecycle; it only ever notifies, so it can't delay a grant or a revoke.
+        """
+        rule = self._rule()
+        remind, every, escalate = (
+            rule.remind_after,
+            rule.remind_every or rule.remind_after,
+            rule.escalate_after,
+        )
+        next_remind = since + remind if remind else None
+        escalate_at = since + escalate if escalate else None
+        while waiting() and (next_remind or escalate_at):
+            wake = min(t for t in (next_remind, escalate_at) if t is not None)
+            now = workflow.now()
+            try:
+                await workflow.wait_condition(
+                    lambda: not waiting(),
+                    timeout=max(wake - now, timedelta(seconds=1)),
+                    timeout_summary="remind",
+                )
+                return
+            except builtins.TimeoutError:
+                pass
+            now = workflow.now()
+            if escalate_at is not None and now >= escalate_at:
+                escalate_at = None
+                self._status.escalated_at = now
+                self._escalate()
+            if next_remind is not None and now >= next_remind:
+                self._status.reminded += 1
+                self._notify("reminder", f"waiting for {format_duration(now - since)}")
+                next_remind = now + every if every else None
+
+    def _escalate(self) -> None:
+        """Post to escalate_to (with working buttons); its emails may decide from then on."""
+        s, rule = self._status, self._rule()
+        widened = [t.lower() for t in rule.escalate_to if "@" in t and t.lower() not in s.approvers]
+        s.approvers = [*s.approvers, *widened]
+        self._notify("escalated", ", ".join(rule.escalate_to))
 
     async def _revoke(self, policy: Policy, owned_at_grant: list[str] | None) -> RevokeResult:
         """Retry until PostgreSQL confirms the access is gone; alert, but never give up."""
@@ -579,6 +799,9 @@ class AccessRequestWorkflow:
         async with self._decisions:
             via = await self._origin(signal, d)
             if via is None:
+                return
+            if signal in ("approve_extension", "deny_extension"):
+                self._decide_extension(signal, d, via)
                 return
             if signal in ("relinquish", "review"):
                 if self._refused(signal, d, via):

@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from rolecall.config import ConfigStore
 from rolecall.models import AccessRequest, Decision
-from rolecall.operations import decide, get_status, handle, submit
+from rolecall.operations import decide, extend, get_status, handle, submit
 from rolecall.signing import sign
 from rolecall.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import DECISION_KEY, temporal_binary
@@ -35,7 +35,8 @@ from worker import build_worker
 # v4: verified-decisions, first-decision-wins, decision-at-timeout-wins (signed Slack decisions,
 # two decisions in one task, an approval in the same task as the approval timeout);
 # v5: rule-search-attributes, rules (two of two approvals, break-glass reviewed after escalation)
-VERSION = "v5"
+# v6: day-two (expiry loop with warning and extensions, reminders)
+VERSION = "v6"
 OUT = Path(__file__).parent / "histories"
 
 
@@ -111,6 +112,23 @@ async def main() -> None:
 
     OUT.mkdir(exist_ok=True)
     try:
+        if VERSION >= "v6":
+            async with worker():
+                s = await submit(
+                    client,
+                    AccessRequest(requester=email, instance="pg", role=role, duration=timedelta(seconds=3)),
+                    "record",
+                )
+                await asyncio.sleep(0.5)
+                await decide(client, s.id, "approve", dba)
+                h = handle(client, s.id)
+                await asyncio.sleep(0.5)
+                await extend(client, s.id, me, timedelta(seconds=2))
+                await asyncio.sleep(0.5)
+                await decide(client, s.id, "approve_extension", dba)
+                await h.result()
+                (OUT / f"{VERSION}-extended.json").write_text((await h.fetch_history()).to_json())
+                print("extended", (await get_status(client, s.id)).state.value)
         if VERSION >= "v5":
             async with worker():
                 for name, glass in (("two_of_two", False), ("break_glass", True)):

@@ -320,7 +320,7 @@ def grant_message(status: RequestStatus) -> tuple[str, list[Block]]:
             {
                 "type": "actions",
                 "block_id": "relinquish",
-                "elements": [button("Extend", EXTEND, s.id), relinquish_button(s.id)],
+                "elements": [relinquish_button(s.id), button("Extend", EXTEND, s.id)],
             }
         )
     blocks.append(context(f"request `{escape(s.id)}`"))

@@ -91,7 +91,7 @@ async def test_request_approve_grant_relinquish(make_stack, roles: Roles, pg) ->
         # The grant DM: role, instance, login, expiry in the reader's time zone, Relinquish.
         await eventually(lambda: len(w.posts(dm)) == 2, 15, "the grant DM")
         grant = w.posts(dm)[1]
-        assert action_ids(grant) == [kit.EXTEND, kit.RELINQUISH]  # day two: Extend sits beside it
+        assert action_ids(grant) == [kit.RELINQUISH, kit.EXTEND]  # day two: Extend sits beside it
         assert status.expires_at is not None
         assert f"<!date^{int(status.expires_at.timestamp())}^" in text_of(grant)
         assert f"`{w.login}`" in text_of(grant)
@@ -179,4 +179,4 @@ async def test_pagerduty_auto_approval_says_so(make_stack, roles: Roles, pg) -> 
             assert "auto-approved" in text_of(confirm) and action_ids(confirm) == []
             assert f"Auto-approved: {status.on_call_detail}" in text_of(grant)
             assert "is on call" in status.on_call_detail
-            assert action_ids(grant) == [kit.EXTEND, kit.RELINQUISH]  # day two: Extend sits beside it
+            assert action_ids(grant) == [kit.RELINQUISH, kit.EXTEND]  # day two: Extend sits beside it

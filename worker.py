@@ -33,6 +33,7 @@ from rolecall.schedules import ensure_reconcile_schedules
 from rolecall.slack_identity import SlackIdentity
 from rolecall.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
+from workflows.catalog import CatalogWorkflow
 from workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger("rolecall.worker")
@@ -118,7 +119,7 @@ def build_worker(
         task_queue=task_queue,
         interceptors=[MetricsInterceptor(), *interceptors],
         graceful_shutdown_timeout=graceful_shutdown,
-        workflows=[AccessRequestWorkflow, ReconcileWorkflow],
+        workflows=[AccessRequestWorkflow, ReconcileWorkflow, CatalogWorkflow],
         activities=[
             decisions.verify_decision,
             postgres.check_request,
@@ -126,6 +127,7 @@ def build_worker(
             postgres.grant_role,
             postgres.revoke_role,
             postgres.list_memberships,
+            postgres.list_requestable_roles,
             pagerduty.check_oncall,
             notify.notify,
             notify.report,

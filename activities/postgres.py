@@ -31,6 +31,7 @@ from rolecall.errors import (
 )
 from rolecall.models import (
     AccessRequest,
+    CatalogInput,
     CheckResult,
     GrantInput,
     GrantResult,
@@ -41,6 +42,7 @@ from rolecall.models import (
     ReconcileInput,
     RevokeInput,
     RevokeResult,
+    RoleList,
     Target,
 )
 from rolecall.pg import (
@@ -391,6 +393,20 @@ class PostgresActivities:
             # through another role. Reported, not touched.
             return f"{inp.db_user!r} still has {inp.role!r} through a grant made outside rolecall"
         return ""
+
+    @activity.defn(name="list_requestable_roles")
+    async def list_requestable_roles(self, inp: CatalogInput) -> RoleList:
+        """What the request modal offers: requestable roles that exist (globs expanded)."""
+        inst = self._config.get().instance(inp.instance)
+        try:
+            async with connect(inst.target(), "rolecall-catalog") as conn:
+                cur = await conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin AND rolname !~ '^pg_' ORDER BY 1"
+                )
+                names = [str(r[0]) for r in await cur.fetchall()]
+        except RolecallError as e:
+            raise e.to_application_error() from e
+        return RoleList(roles=[n for n in names if inst.is_requestable(n)], loaded=True)
 
     @activity.defn(name="list_memberships")
     async def list_memberships(self, inp: ReconcileInput) -> MembershipList:

@@ -12,7 +12,7 @@ from slack_sdk.errors import SlackApiError
 from listeners.deps import Deps
 from rolecall import operations
 from rolecall.config import Instance
-from rolecall.errors import ConfigError, RolecallError
+from rolecall.errors import RolecallError
 from rolecall.models import RequestState, RequestStatus
 from rolecall.policy import refusal
 from rolecall.roles import names as role_names
@@ -58,29 +58,21 @@ async def tell(deps: Deps, body: dict[str, Any], text: str) -> None:
 # ---- role lists ------------------------------------------------------------------------------
 
 
-async def existing_roles(inst: Instance) -> list[str]:
-    """Requestable roles that exist on the instance (exact config names if it can't be read).
+async def existing_roles(deps: Deps, inst: Instance) -> list[str]:
+    """Requestable roles that exist on the instance, from the worker's catalog workflow.
 
-    The Slack app's only database read, on a short connection of its own (not the budgeted
-    `rolecall.pg.connect`). Imported here, not at the top: the Slack app is a Temporal client
-    and otherwise never loads psycopg (tests/test_layout.py). Role lists move to the worker
-    side later, and this goes with them.
+    The Slack app reads no database (it holds no DSN): the worker does, in workflows/catalog.py.
+    When the catalog can't answer, the modal offers the exact names the config lists.
     """
-    import psycopg
-
-    from rolecall.pg import open_dsn
-
     try:
-        dsn = inst.dsn()
-        async with await open_dsn(dsn, connect_timeout=2, application_name="rolecall-slack") as conn:
-            cur = await conn.execute(
-                "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin AND rolname !~ '^pg_' ORDER BY 1"
-            )
-            names = [str(r[0]) for r in await cur.fetchall()]
-        return [n for n in names if inst.is_requestable(n)]
-    except (psycopg.Error, ConfigError, OSError) as e:
+        found = await operations.catalog_roles(deps.temporal, deps.settings.task_queue, inst.name)
+    except Exception as e:  # no worker, or Temporal slow: the configured names still work
         log.warning("roles of instance %s could not be listed: %s", inst.name, e)
         return role_names(inst.roles)
+    if not found.loaded:
+        log.warning("roles of instance %s not listed yet: %s", inst.name, found.error or "no answer")
+        return role_names(inst.roles)
+    return found.roles
 
 
 async def roles_of(deps: Deps, inst: Instance) -> list[str]:
@@ -89,7 +81,7 @@ async def roles_of(deps: Deps, inst: Instance) -> list[str]:
     if hit is not None:
         return list(hit)
     try:
-        roles = await asyncio.wait_for(existing_roles(inst), ROLE_LIST_TIMEOUT)
+        roles = await asyncio.wait_for(existing_roles(deps, inst), ROLE_LIST_TIMEOUT + 0.5)
     except TimeoutError:
         log.warning("listing roles of %s took too long; showing the configured names", inst.name)
         return role_names(inst.roles)

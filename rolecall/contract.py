@@ -16,12 +16,14 @@ from typing import Final
 
 from rolecall.models import (
     AccessRequest,
+    CatalogInput,
     Decision,
     ExtendAnswer,
     ExtendRequest,
     ReconcileInput,
     ReconcileReport,
     RequestStatus,
+    RoleList,
 )
 from rolecall.policy import DECISIONS, SIGNALS
 from rolecall.temporal import request_id
@@ -31,6 +33,9 @@ __all__ = [
     "APPROVE",
     "APPROVE_EXTENSION",
     "CANCEL",
+    "CATALOG",
+    "CATALOG_REFRESH",
+    "CATALOG_ROLES",
     "DECISIONS",
     "DENY",
     "DENY_EXTENSION",
@@ -42,12 +47,15 @@ __all__ = [
     "STATUS",
     "SUBMITTED",
     "AccessRequest",
+    "CatalogInput",
     "Decision",
     "ExtendAnswer",
     "ExtendRequest",
     "ReconcileInput",
     "ReconcileReport",
     "RequestStatus",
+    "RoleList",
+    "catalog_id",
     "manual_reconcile_id",
     "reconcile_id",
     "request_id",
@@ -74,6 +82,18 @@ DENY_EXTENSION: Final = "deny_extension"
 # Update, ExtendRequest -> ExtendAnswer: the requester asks for more time on a granted request;
 # refused (validator) with the reason, approved at once, or left pending for the approvers.
 EXTEND: Final = "extend"
+
+# ---- the role catalog: what the request modal offers, read on the worker side ---------------
+
+# Workflow type. Input: CatalogInput. Query `roles` -> RoleList; signal `refresh`.
+CATALOG: Final = "CatalogWorkflow"
+CATALOG_ROLES: Final = "roles"
+CATALOG_REFRESH: Final = "refresh"
+
+
+def catalog_id(task_queue: str, instance: str) -> str:
+    return f"catalog/{task_queue}/{instance}"
+
 
 # ---- the reconciler -------------------------------------------------------------------------
 

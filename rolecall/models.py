@@ -465,3 +465,16 @@ class ReconcileReport(Model):
         ]
         lines += [f"  error: {e}" for e in self.errors]
         return "\n".join(lines)
+
+
+class CatalogInput(Model):
+    instance: str
+    refresh: timedelta = timedelta(seconds=60)
+
+
+class RoleList(Model):
+    """The requestable roles that exist on an instance, as the worker last read them."""
+
+    roles: list[str] = []
+    loaded: bool = False
+    error: str = ""

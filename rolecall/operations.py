@@ -7,6 +7,7 @@ and a decision is pre-checked against the request's own policy before the signal
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -37,7 +38,16 @@ from rolecall.errors import (
     NotFound,
     RolecallError,
 )
-from rolecall.models import AccessRequest, Decision, ExtendAnswer, ExtendRequest, RequestState, RequestStatus
+from rolecall.models import (
+    AccessRequest,
+    CatalogInput,
+    Decision,
+    ExtendAnswer,
+    ExtendRequest,
+    RequestState,
+    RequestStatus,
+    RoleList,
+)
 from rolecall.policy import SIGNALS, refusal
 from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
 
@@ -171,3 +181,35 @@ async def list_requests(
             }
         )
     return rows
+
+
+async def catalog_roles(client: Client, task_queue: str, instance: str, wait: float = 1.5) -> RoleList:
+    """The instance's role list from its catalog workflow on the worker side, started if missing.
+
+    The Slack app asks this instead of reading pg_roles itself: it holds no database
+    credentials. Polls briefly for the first listing of a catalog that was just started.
+    """
+    wf_id = contract.catalog_id(task_queue, instance)
+    deadline = asyncio.get_running_loop().time() + wait
+    started = False
+    while True:
+        try:
+            found: RoleList = await client.get_workflow_handle(wf_id).query(
+                contract.CATALOG_ROLES, result_type=RoleList, rpc_timeout=timedelta(seconds=wait)
+            )
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND or started:
+                raise
+            found = RoleList()
+        if found.loaded or asyncio.get_running_loop().time() > deadline:
+            return found
+        if not started:
+            started = True
+            await client.start_workflow(
+                contract.CATALOG,
+                CatalogInput(instance=instance),
+                id=wf_id,
+                task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        await asyncio.sleep(0.05)

@@ -102,3 +102,12 @@ def test_the_contract_names_are_the_workflows_own() -> None:
     rec = workflow._Definition.must_from_class(ReconcileWorkflow)
     assert rec.name == contract.RECONCILE
     assert _types(ReconcileWorkflow.run) == [contract.ReconcileInput, contract.ReconcileReport]
+
+
+def test_the_slack_app_never_opens_a_database_connection() -> None:
+    """Not even lazily: role lists come from the worker's catalog workflow (it holds the DSNs)."""
+    files = sorted([*(REPO / "listeners").rglob("*.py"), REPO / "slack_app.py"])
+    offenders = {str(f.relative_to(REPO)) for f in files if _imports(f) & {"psycopg", "psycopg_pool"}}
+    assert offenders == set()
+    code = "\n".join(f.read_text() for f in files)
+    assert "open_dsn" not in code and ".dsn()" not in code

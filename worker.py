@@ -19,7 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.decisions import DecisionActivities
-from activities.notify import Notifier, NotifyActivities, no_approver_groups
+from activities.notify import Notifier, NotifyActivities, no_approver_groups, no_group_membership
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from activities.temporal import TemporalActivities
@@ -106,11 +106,13 @@ def build_worker(
     postgres = PostgresActivities(config)
     pagerduty = PagerDutyActivities(config)
     expand_groups: Callable[..., Any] = no_approver_groups
+    group_check: Callable[..., Any] = no_group_membership
     if slack_client is not None:
         from activities.slack import SlackActivities, SlackNotifier
 
         notifier = notifier or SlackNotifier(slack_client)
-        expand_groups = SlackActivities(slack_client, slack_identity).expand_approver_groups
+        slack = SlackActivities(slack_client, slack_identity)
+        expand_groups, group_check = slack.expand_approver_groups, slack.still_in_groups
     notify = NotifyActivities(notifier)
     temporal = TemporalActivities(client, config)
     decisions = DecisionActivities(decision_key)
@@ -133,6 +135,7 @@ def build_worker(
             notify.report,
             temporal.ledger,
             expand_groups,
+            group_check,
         ],
     )
 

@@ -13,7 +13,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from rolecall.durations import format_duration
-from rolecall.models import ApproverGroups, Approvers, Notification, NotifyResult, ReconcileReport
+from rolecall.models import (
+    ApproverGroups,
+    Approvers,
+    GroupCheck,
+    GroupMembership,
+    Notification,
+    NotifyResult,
+    ReconcileReport,
+)
 
 log = logging.getLogger("rolecall.notify")
 
@@ -67,6 +75,12 @@ class NotifyActivities:
     async def report(self, report: ReconcileReport) -> None:
         """Tell the approvers what the reconciler found and did."""
         await self._notifier.report(report)
+
+
+@activity.defn(name="still_in_groups")
+async def no_group_membership(inp: GroupCheck) -> GroupMembership:
+    """Without Slack there are no group approvers to check (none could have been expanded)."""
+    return GroupMembership(member=False, detail="approver groups need Slack, which is not configured")
 
 
 @activity.defn(name="expand_approver_groups")

@@ -478,3 +478,13 @@ class RoleList(Model):
     roles: list[str] = []
     loaded: bool = False
     error: str = ""
+
+
+class GroupCheck(Model):
+    groups: list[str]
+    email: str
+
+
+class GroupMembership(Model):
+    member: bool
+    detail: str = ""

@@ -38,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
         Extension,
         GrantInput,
         GrantResult,
+        GroupCheck,
+        GroupMembership,
         MessageRef,
         Notification,
         NotificationEvent,
@@ -130,6 +132,7 @@ class AccessRequestWorkflow:
         self._settling = 0  # decisions received, not yet counted or refused
         self._review_task: asyncio.Task[None] | None = None
         self._nag_task: asyncio.Task[None] | None = None
+        self._group_approvers: set[str] = set()  # approvers only through an approver group
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -654,7 +657,41 @@ class AccessRequestWorkflow:
             workflow.logger.warning("approver groups not expanded: %s", reason)
             self._status.warnings.append(f"approver groups could not be read: {reason}")
             return policy.approvers
-        return sorted({*policy.approvers, *(e.lower() for e in found.emails)})
+        listed = {a.lower() for a in policy.approvers}
+        self._group_approvers = {e.lower() for e in found.emails} - listed
+        return sorted({*listed, *self._group_approvers})
+
+    def _approver_keys(self) -> list[str]:
+        """RolecallApprovers: the listed approvers and `group:S...` for each approver group.
+
+        Not every group member: a 200-member group would pass the server's 2 KB limit on a
+        search attribute and fail the workflow. Capped to stay under it.
+        """
+        groups = self._policy.approver_groups if self._policy is not None else []
+        listed = [a for a in self._status.approvers if a not in self._group_approvers]
+        keys, size = [], 0
+        for key in [*(f"group:{g}" for g in groups), *listed]:
+            size += len(key.encode()) + 8
+            if size > 1800:
+                break
+            keys.append(key)
+        return keys
+
+    async def _still_in_group(self, signal: str, d: Decision, via: Origin) -> bool:
+        """An approver who came from a group decides only while still in it (checked now)."""
+        actor = d.actor.strip().lower()
+        policy = self._policy
+        if actor not in self._group_approvers or policy is None or not workflow.patched("group-at-decision"):
+            return True
+        found: GroupMembership = await workflow.execute_local_activity(
+            "still_in_groups",
+            GroupCheck(groups=policy.approver_groups, email=actor),
+            result_type=GroupMembership,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        if not found.member:
+            self._refuse(signal, d, f"{actor} is no longer in the approver group(s) {found.detail}", via)
+        return found.member
 
     async def _check_oncall(self, policy: Policy) -> OnCallResult:
         # With auto-approval off, asking an activity costs a round trip and three events.
@@ -713,7 +750,7 @@ class AccessRequestWorkflow:
             attributes += [
                 RULE.value_set(s.rule),
                 BREAK_GLASS.value_set(s.break_glass),
-                APPROVERS.value_set(list(s.approvers)),
+                APPROVERS.value_set(self._approver_keys()),
             ]
         workflow.upsert_search_attributes(attributes)
         observe(s, self._observed)
@@ -799,6 +836,8 @@ class AccessRequestWorkflow:
         async with self._decisions:
             via = await self._origin(signal, d)
             if via is None:
+                return
+            if signal not in ("cancel", "relinquish") and not await self._still_in_group(signal, d, via):
                 return
             if signal in ("approve_extension", "deny_extension"):
                 self._decide_extension(signal, d, via)

@@ -14,13 +14,13 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
-from listeners.common import me, roles_of, status_or_none, tell, value
+from listeners.common import decision, me, origin, roles_of, status_or_none, tell, value
 from listeners.deps import Deps
 from listeners.events import publish_home
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.errors import RolecallError
-from rolecall.models import Decision, RequestState
+from rolecall.models import RequestState
 from rolecall.policy import DECISIONS, refusal
 from rolecall.slack_identity import Identity
 
@@ -60,9 +60,7 @@ async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, r
     rid = str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
     email = who.email
     try:
-        before = await operations.decide(
-            deps.temporal, rid, signal, Decision(actor=email, reason=reason, via="slack")
-        )
+        before = await operations.decide(deps.temporal, rid, signal, decision(deps, who, rid, signal, reason))
     except RolecallError as e:
         await tell(deps, body, f":no_entry_sign: {e}")
         return
@@ -77,7 +75,9 @@ async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, r
         if signal in DECISIONS and status.state != RequestState.PENDING:
             if status.decided_by != email:
                 # Someone else's decision landed first; ours was or will be refused.
-                why = refusal(signal, email, status) or f"already decided by {status.decided_by}"
+                why = (
+                    refusal(signal, email, status, origin(deps)) or f"already decided by {status.decided_by}"
+                )
                 await tell(deps, body, f":no_entry_sign: {why}")
             break
         if signal == contract.RELINQUISH and status.state != RequestState.GRANTED:
@@ -94,7 +94,7 @@ async def open_deny_modal(deps: Deps, body: dict[str, Any], who: Identity) -> No
     if status is None:
         await tell(deps, body, f":no_entry_sign: no request with id {rid!r}")
         return
-    why = refusal(contract.DENY, who.email, status)
+    why = refusal(contract.DENY, who.email, status, origin(deps))
     if why:
         await tell(deps, body, f":no_entry_sign: {why}")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncBoltContext
@@ -13,9 +14,10 @@ from listeners.deps import Deps
 from rolecall import operations
 from rolecall.config import Instance
 from rolecall.errors import ConfigError, RolecallError
-from rolecall.models import RequestState, RequestStatus
-from rolecall.policy import refusal
+from rolecall.models import Decision, RequestState, RequestStatus
+from rolecall.policy import VERIFIED, refusal
 from rolecall.roles import names as role_names
+from rolecall.signing import sign
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -40,6 +42,19 @@ def value(values: dict[str, Any], block: str, action: str = "value") -> str:
     if item.get("selected_option"):
         return str(item["selected_option"]["value"])
     return str(item.get("value") or "")
+
+
+def origin(deps: Deps) -> str:
+    """What the worker will record our decisions as: verified only when we sign them."""
+    return VERIFIED if deps.decision_key else "unverified"
+
+
+def decision(deps: Deps, who: Identity, request_id: str, signal: str, reason: str = "") -> Decision:
+    """A decision by `who`, signed for this request and signal when the app has the key."""
+    d = Decision(actor=who.email, reason=reason, via="slack", slack_user_id=who.user_id)
+    if deps.decision_key is None:
+        return d
+    return sign(deps.decision_key, request_id, signal, d, datetime.now(UTC))
 
 
 async def tell(deps: Deps, body: dict[str, Any], text: str) -> None:
@@ -121,5 +136,7 @@ async def waiting_for(deps: Deps, email: str) -> list[RequestStatus]:
     return [
         s
         for s in found
-        if s is not None and s.state == RequestState.PENDING and refusal("approve", email, s) is None
+        if s is not None
+        and s.state == RequestState.PENDING
+        and refusal("approve", email, s, origin(deps)) is None
     ]

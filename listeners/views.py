@@ -17,14 +17,14 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from listeners.common import ACTIVE, me, value
+from listeners.common import ACTIVE, decision, me, value
 from listeners.deps import Deps
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.config import Instance
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, Field, RolecallError
-from rolecall.models import AccessRequest, Decision, RequestStatus
+from rolecall.models import AccessRequest, RequestStatus
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -42,11 +42,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def on_deny_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         rid = str(body["view"]["private_metadata"])
         reason = value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
-        actor = me(context).email
+        signed = decision(deps, me(context), rid, contract.DENY, reason)
         try:
-            await operations.decide(
-                deps.temporal, rid, contract.DENY, Decision(actor=actor, reason=reason, via="slack")
-            )
+            await operations.decide(deps.temporal, rid, contract.DENY, signed)
         except RolecallError as e:
             await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
             return

@@ -37,7 +37,7 @@ from rolecall.errors import (
     RolecallError,
 )
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
-from rolecall.policy import SIGNALS, refusal
+from rolecall.policy import SIGNALS, VERIFIED, refusal
 from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
 
 
@@ -116,13 +116,24 @@ async def get_status(client: Client, request_id: str) -> RequestStatus:
     return status
 
 
+def claimed_origin(decision: Decision) -> str:
+    """Where the workflow will say a decision came from, if its signature (if any) verifies."""
+    if decision.via == "cli":
+        return "cli"
+    return VERIFIED if decision.signature else "unverified"
+
+
 async def decide(client: Client, request_id: str, signal: str, decision: Decision) -> RequestStatus:
-    """Pre-check, then send approve / deny / cancel / relinquish; return the status seen."""
+    """Pre-check, then send approve / deny / cancel / relinquish / review; return the status seen.
+
+    A decision from Slack comes signed for this request and signal (rolecall.signing); the
+    signature covers the actor lower-cased, so lower-casing it here keeps it valid.
+    """
     if signal not in SIGNALS:
         raise BadRequest(f"unknown action {signal!r}")
     decision = decision.model_copy(update={"actor": decision.actor.strip().lower()})
     status = await get_status(client, request_id)
-    why = refusal(signal, decision.actor, status)
+    why = refusal(signal, decision.actor, status, claimed_origin(decision))
     if why:
         raise NotAllowed(why)
     await handle(client, request_id).signal(signal, decision)

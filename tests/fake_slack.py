@@ -685,9 +685,15 @@ def world_context(
     *,
     approvers: list[str] | None = None,
     requester_approves: bool = False,
+    signed: bool = True,
+    slack_temporal: Any = None,
     **extra: Any,
 ) -> Any:
-    """An async context manager yielding a `World`; the fake Slack is already running."""
+    """An async context manager yielding a `World`; the fake Slack is already running.
+
+    `signed`: the Slack app has the tests' ROLECALL_DECISION_KEY (as the tests' workers do).
+    `slack_temporal`: the Temporal client the Slack app uses (default: the stack's).
+    """
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -696,6 +702,7 @@ def world_context(
 
         from rolecall.config import ConfigStore, Settings
         from slack_app import build_app
+        from tests.conftest import DECISION_KEY
 
         role, login = roles.role(), roles.login()
         fake = FakeSlack().start()
@@ -713,10 +720,11 @@ def world_context(
                 slack_client=web_client_for(fake),
                 **extra,
             )
+            key = DECISION_KEY.decode() if signed else None
             app = build_app(
                 ConfigStore(stack.config_path),
-                stack.client,
-                Settings(task_queue=stack.task_queue),
+                slack_temporal or stack.client,
+                Settings(task_queue=stack.task_queue, decision_key=key),
                 web_client=web_client_for(fake),
                 signing_secret=SECRET,
             )

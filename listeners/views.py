@@ -89,6 +89,11 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
     assert inst is not None and duration is not None
     role = value(values, kit.B_ROLE)
     who = me(context)
+    try:
+        inst.check_requester(who.email)  # allowed_email_domains, before anything starts
+    except RolecallError as e:
+        await ack(response_action="errors", errors={error_block(e): str(e)})
+        return
     # An open request for the same role: answer in the modal without starting anything.
     if await _already_open(deps, ack, inst, role, who):
         return

@@ -1,4 +1,4 @@
-"""Buttons: approve, deny (opens the reason modal), cancel, relinquish, and the instance picker.
+"""Buttons: approve, deny (opens the reason modal), cancel, relinquish, review, the instance picker.
 
 Buttons carry only the request ID. The clicker's right to decide is checked here with
 `rolecall.policy.refusal` for a clear ephemeral answer, and again in the workflow, which alone
@@ -44,6 +44,11 @@ def register(app: AsyncApp, deps: Deps) -> None:
         await ack()
         await decide(deps, body, me(context), contract.RELINQUISH, reason="relinquished in Slack")
 
+    @app.action(kit.REVIEW)
+    async def on_review(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.REVIEW, reason="reviewed in Slack")
+
     @app.action(kit.DENY)
     async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
@@ -81,6 +86,12 @@ async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, r
                 await tell(deps, body, f":no_entry_sign: {why}")
             break
         if signal == contract.RELINQUISH and status.state != RequestState.GRANTED:
+            break
+        if signal == contract.APPROVE and any(a.by == email for a in status.approvals):
+            break  # one of N approvals counted: the card shows the progress
+        if signal == contract.REVIEW and status.reviewed_by:
+            if status.reviewed_by != email:
+                await tell(deps, body, f":no_entry_sign: already reviewed by {status.reviewed_by}")
             break
         await asyncio.sleep(0.1)
     if (body.get("view") or {}).get("type") == "home":

@@ -44,6 +44,12 @@ def value(values: dict[str, Any], block: str, action: str = "value") -> str:
     return str(item.get("value") or "")
 
 
+def checked(values: dict[str, Any], block: str, action: str = "value") -> list[str]:
+    """The values of a modal's ticked checkboxes."""
+    item = (values.get(block) or {}).get(action) or {}
+    return [str(o["value"]) for o in item.get("selected_options") or []]
+
+
 def origin(deps: Deps) -> str:
     """What the worker will record our decisions as: verified only when we sign them."""
     return VERIFIED if deps.decision_key else "unverified"

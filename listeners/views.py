@@ -17,7 +17,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from listeners.common import ACTIVE, decision, me, value
+from listeners.common import ACTIVE, checked, decision, me, value
 from listeners.deps import Deps
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
@@ -25,6 +25,7 @@ from rolecall.config import Instance
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, Field, RolecallError
 from rolecall.models import AccessRequest, RequestStatus
+from rolecall.rules import check_reason
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -88,11 +89,15 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
         return
     assert inst is not None and duration is not None
     role = value(values, kit.B_ROLE)
+    reason = value(values, kit.B_REASON).strip()
+    break_glass = kit.BREAK_GLASS_ON in checked(values, kit.B_BREAK_GLASS)
     who = me(context)
     try:
-        inst.check_requester(who.email)  # allowed_email_domains, before anything starts
+        # Before anything starts: allowed_email_domains, and what the role's rule demands.
+        inst.check_requester(who.email)
+        check_reason(inst.rule_for(role, deps.config.get().pagerduty), reason, break_glass)
     except RolecallError as e:
-        await ack(response_action="errors", errors={error_block(e): str(e)})
+        await ack(response_action="errors", errors={error_block(e): str(e)[:2000]})
         return
     # An open request for the same role: answer in the modal without starting anything.
     if await _already_open(deps, ack, inst, role, who):
@@ -103,9 +108,10 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
         instance=inst.name,
         role=role,
         duration=duration,
-        reason=value(values, kit.B_REASON).strip(),
+        reason=reason,
         source="slack",
         slack_user_id=user_id,
+        break_glass=break_glass,
     )
     task = asyncio.ensure_future(operations.submit(deps.temporal, req, deps.settings.task_queue))
     budget = max(0.2, SUBMIT_WAIT - (time.monotonic() - started))
@@ -149,7 +155,13 @@ async def _finish_submit(deps: Deps, task: asyncio.Future[RequestStatus], user_i
 
 
 # The modal field each kind of refusal is shown under (`RolecallError.field`).
-FIELD_BLOCKS: dict[Field, str] = {"instance": kit.B_INSTANCE, "role": kit.B_ROLE, "duration": kit.B_DURATION}
+FIELD_BLOCKS: dict[Field, str] = {
+    "instance": kit.B_INSTANCE,
+    "role": kit.B_ROLE,
+    "duration": kit.B_DURATION,
+    "reason": kit.B_REASON,
+    "break_glass": kit.B_BREAK_GLASS,
+}
 
 
 def error_block(err: RolecallError) -> str:

@@ -28,6 +28,8 @@ INSTANCE_SELECT = "rolecall_instance"
 # Block IDs of the request modal (errors are keyed by block ID).
 B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
 B_DENY_REASON = "deny_reason"
+B_BREAK_GLASS = "break_glass"
+BREAK_GLASS_ON = "on"  # the value of the break-glass checkbox when ticked
 
 DURATION_CHOICES = [
     timedelta(minutes=15),
@@ -407,6 +409,11 @@ def duration_choices(inst: Instance) -> list[timedelta]:
     return sorted(choices)
 
 
+def offers_break_glass(inst: Instance) -> bool:
+    """Whether the modal shows the break-glass checkbox: some role of `inst` allows it."""
+    return bool(inst.break_glass) or any(r.break_glass for r in inst.rules)
+
+
 def request_modal(
     instances: list[Instance],
     selected: Instance,
@@ -491,6 +498,23 @@ def request_modal(
             },
         },
     ]
+    if offers_break_glass(selected):
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": B_BREAK_GLASS,
+                "optional": True,
+                "label": plain("Emergency access (break-glass)"),
+                "element": {
+                    "type": "checkboxes",
+                    "action_id": "value",
+                    "options": [
+                        option("Emergency: grant at once, approvers review afterwards", BREAK_GLASS_ON)
+                    ],
+                },
+                "hint": plain("Only for an incident; needs a reason. Approvers are alerted at once."),
+            }
+        )
     return {
         "type": "modal",
         "callback_id": REQUEST_MODAL,

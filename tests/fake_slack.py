@@ -576,14 +576,18 @@ class SlackDriver:
         return await self.interaction(payload)
 
     async def submit(self, user: str, view: dict[str, Any], values: dict[str, dict[str, Any]]) -> Reply:
-        """Submit a modal; `values` maps block_id -> {action_id: str (select/text) }."""
+        """Submit a modal; `values` maps block_id -> {action_id: str (select/text), or the
+        list of ticked values (checkboxes)}."""
         state: dict[str, Any] = {}
         for block, actions in values.items():
             state[block] = {}
             for action_id, value in actions.items():
                 element = _element(view, block)
-                if element.get("type") == "static_select":
-                    state[block][action_id] = {"type": "static_select", "selected_option": _opt(value)}
+                if element.get("type") in ("static_select", "external_select"):
+                    state[block][action_id] = {"type": element["type"], "selected_option": _opt(value)}
+                elif element.get("type") == "checkboxes":
+                    ticked = [o for o in element["options"] if o["value"] in value]
+                    state[block][action_id] = {"type": "checkboxes", "selected_options": ticked}
                 else:
                     state[block][action_id] = {"type": "plain_text_input", "value": value}
         payload = self._base("view_submission", user)

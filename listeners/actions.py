@@ -54,6 +54,15 @@ def register(app: AsyncApp, deps: Deps) -> None:
         await ack()
         await open_deny_modal(deps, body, me(context))
 
+    @app.action(kit.HOME_MORE)
+    async def on_home_page(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        number, _, token = str(body["actions"][0]["value"]).partition(":")
+        try:
+            await publish_home(deps, me(context), token or None, int(number) if number.isdigit() else 1)
+        except RolecallError as e:
+            await tell(deps, body, f":no_entry_sign: {e}")
+
     @app.action(kit.INSTANCE_SELECT)
     async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
         await ack()

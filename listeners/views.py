@@ -17,7 +17,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from listeners.common import ACTIVE, checked, decision, me, value
+from listeners.common import ACTIVE, checked, chosen_role, decision, me, value
 from listeners.deps import Deps
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
@@ -55,11 +55,17 @@ def register(app: AsyncApp, deps: Deps) -> None:
 def read_form(deps: Deps, values: dict[str, Any]) -> tuple[Instance | None, timedelta | None, dict[str, str]]:
     """The chosen instance and duration, and the errors to show under each field."""
     errors: dict[str, str] = {}
-    inst = deps.config.get().instances.get(value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT))
-    role = value(values, kit.B_ROLE)
+    chosen = value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT)
+    inst = deps.config.get().instances.get(chosen)
+    role = chosen_role(values)
     duration: timedelta | None = None
     if inst is None:
-        errors[kit.B_INSTANCE] = "Choose one of the configured instances."
+        # A stale modal (the instance was renamed or removed since it opened) or a made-up one.
+        errors[kit.B_INSTANCE] = (
+            f"Instance {chosen!r} is not configured (any more): choose another."
+            if chosen
+            else "Choose one of the configured instances."
+        )
         return None, None, errors
     try:
         duration = parse_duration(value(values, kit.B_DURATION))
@@ -88,7 +94,7 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
         await ack(response_action="errors", errors=errors)
         return
     assert inst is not None and duration is not None
-    role = value(values, kit.B_ROLE)
+    role = chosen_role(values)
     reason = value(values, kit.B_REASON).strip()
     break_glass = kit.BREAK_GLASS_ON in checked(values, kit.B_BREAK_GLASS)
     who = me(context)

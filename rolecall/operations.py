@@ -7,12 +7,15 @@ and a decision is pre-checked against the request's own policy before the signal
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecution,
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
@@ -36,9 +39,20 @@ from rolecall.errors import (
     NotFound,
     RolecallError,
 )
-from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
+from rolecall.models import AccessRequest, Decision, Listed, Page, RequestState, RequestStatus
 from rolecall.policy import SIGNALS, VERIFIED, refusal
-from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
+from rolecall.temporal import (
+    APPROVERS,
+    BREAK_GLASS,
+    EXPIRES_AT,
+    INSTANCE,
+    REQUESTER,
+    ROLE,
+    RULE,
+    STATE,
+    quote,
+    request_id,
+)
 
 
 async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
@@ -165,3 +179,71 @@ async def list_requests(
             }
         )
     return rows
+
+
+def _query(
+    states: list[str] | None, requester: str | None, approver: str | None, not_requester: str | None
+) -> str:
+    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"']
+    known = {s.value for s in RequestState}
+    for state in states or []:
+        if state not in known:
+            raise BadRequest(f"unknown state {state!r} (one of: {', '.join(sorted(known))})")
+    if states:
+        clauses.append(f"{STATE.name} IN ({', '.join(f'{chr(34)}{s}{chr(34)}' for s in states)})")
+    if requester:
+        clauses.append(f'{REQUESTER.name} = "{quote(requester.strip().lower())}"')
+    if approver:
+        clauses.append(f'{APPROVERS.name} = "{quote(approver.strip().lower())}"')
+    if not_requester:
+        clauses.append(f'{REQUESTER.name} != "{quote(not_requester.strip().lower())}"')
+    return " AND ".join(clauses)
+
+
+async def page_requests(
+    client: Client,
+    *,
+    states: list[str] | None = None,
+    requester: str | None = None,
+    approver: str | None = None,
+    not_requester: str | None = None,
+    page_size: int = 25,
+    page: str | None = None,
+) -> Page:
+    """A page of requests from the visibility store (newest first) and the count of all.
+
+    Lists at organisation scale read only search attributes: no status query per request,
+    so a list of thousands costs two visibility calls and waits for no worker.
+    """
+    query = _query(states, requester, approver, not_requester)
+    token: bytes | None = None
+    if page:
+        try:
+            token = base64.urlsafe_b64decode(page.encode())
+        except (binascii.Error, ValueError):
+            raise BadRequest("that page of the list is no longer valid: open it again") from None
+    it = client.list_workflows(query, page_size=page_size, next_page_token=token)
+    await it.fetch_next_page(page_size=page_size)
+    rows = [_listed(wf) for wf in it.current_page or []]
+    nxt = it.next_page_token
+    count = await client.count_workflows(query)
+    return Page(
+        rows=rows,
+        total=count.count,
+        next_page=base64.urlsafe_b64encode(nxt).decode() if nxt else None,
+    )
+
+
+def _listed(wf: WorkflowExecution) -> Listed:
+    sa = wf.typed_search_attributes
+    return Listed(
+        id=wf.id,
+        state=sa.get(STATE) or "",
+        requester=sa.get(REQUESTER) or "",
+        instance=sa.get(INSTANCE) or "",
+        role=sa.get(ROLE) or "",
+        started=wf.start_time,
+        expires_at=sa.get(EXPIRES_AT),
+        rule=sa.get(RULE) or "",
+        break_glass=bool(sa.get(BREAK_GLASS)),
+    )

@@ -575,6 +575,14 @@ class SlackDriver:
         ]  # fmt: skip
         return await self.interaction(payload)
 
+    async def suggest(self, user: str, view: dict[str, Any], block: str, action_id: str, typed: str) -> Reply:
+        """What Slack sends as someone types into an external_select (`block_suggestion`)."""
+        payload = self._base("block_suggestion", user)
+        payload.update(action_id=action_id, block_id=block, value=typed)
+        payload["container"] = {"type": "view", "view_id": view.get("id", "V1")}
+        payload["view"] = {**view, "state": {"values": {}}}
+        return await self.interaction(payload)
+
     async def submit(self, user: str, view: dict[str, Any], values: dict[str, dict[str, Any]]) -> Reply:
         """Submit a modal; `values` maps block_id -> {action_id: str (select/text), or the
         list of ticked values (checkboxes)}."""

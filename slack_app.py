@@ -51,12 +51,19 @@ def build_app(
         else os.environ.get("SLACK_SIGNING_SECRET"),
         process_before_response=False,
     )
+    key = settings.decision_key.get_secret_value().encode() if settings.decision_key else None
+    if not key:
+        log.warning(
+            "ROLECALL_DECISION_KEY is not set: decisions from Slack are sent unsigned and recorded "
+            "as unverified (instances with accept_unverified_decisions = false refuse them)"
+        )
     deps = Deps(
         config=config,
         temporal=client,
         web=web,
         settings=settings,
         identity=identity or SlackIdentity(web, settings.slack_team_id, settings.slack_enterprise_id),
+        decision_key=key,
     )
     register_listeners(app, deps)
     return app

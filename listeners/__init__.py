@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from listeners import actions, commands, events, middleware, views
+from listeners import actions, commands, events, middleware, options, views
 from listeners.deps import Deps
 
 __all__ = ["Deps", "register_listeners"]
@@ -20,4 +20,5 @@ def register_listeners(app: AsyncApp, deps: Deps) -> None:
     commands.register(app, deps)
     actions.register(app, deps)
     views.register(app, deps)
+    options.register(app, deps)
     events.register(app, deps)

@@ -1,4 +1,4 @@
-"""Buttons: approve, deny (opens the reason modal), cancel, relinquish, and the instance picker.
+"""Buttons: approve, deny (opens the reason modal), cancel, relinquish, review, the instance picker.
 
 Buttons carry only the request ID. The clicker's right to decide is checked here with
 `rolecall.policy.refusal` for a clear ephemeral answer, and again in the workflow, which alone
@@ -14,13 +14,13 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
-from listeners.common import me, roles_of, status_or_none, tell, value
+from listeners.common import decision, me, origin, roles_of, status_or_none, tell, value
 from listeners.deps import Deps
 from listeners.events import publish_home
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.errors import RolecallError
-from rolecall.models import Decision, RequestState
+from rolecall.models import RequestState
 from rolecall.policy import DECISIONS, refusal
 from rolecall.slack_identity import Identity
 
@@ -44,10 +44,24 @@ def register(app: AsyncApp, deps: Deps) -> None:
         await ack()
         await decide(deps, body, me(context), contract.RELINQUISH, reason="relinquished in Slack")
 
+    @app.action(kit.REVIEW)
+    async def on_review(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.REVIEW, reason="reviewed in Slack")
+
     @app.action(kit.DENY)
     async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
         await open_deny_modal(deps, body, me(context))
+
+    @app.action(kit.HOME_MORE)
+    async def on_home_page(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        number, _, token = str(body["actions"][0]["value"]).partition(":")
+        try:
+            await publish_home(deps, me(context), token or None, int(number) if number.isdigit() else 1)
+        except RolecallError as e:
+            await tell(deps, body, f":no_entry_sign: {e}")
 
     @app.action(kit.INSTANCE_SELECT)
     async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
@@ -60,9 +74,7 @@ async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, r
     rid = str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
     email = who.email
     try:
-        before = await operations.decide(
-            deps.temporal, rid, signal, Decision(actor=email, reason=reason, via="slack")
-        )
+        before = await operations.decide(deps.temporal, rid, signal, decision(deps, who, rid, signal, reason))
     except RolecallError as e:
         await tell(deps, body, f":no_entry_sign: {e}")
         return
@@ -77,10 +89,18 @@ async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, r
         if signal in DECISIONS and status.state != RequestState.PENDING:
             if status.decided_by != email:
                 # Someone else's decision landed first; ours was or will be refused.
-                why = refusal(signal, email, status) or f"already decided by {status.decided_by}"
+                why = (
+                    refusal(signal, email, status, origin(deps)) or f"already decided by {status.decided_by}"
+                )
                 await tell(deps, body, f":no_entry_sign: {why}")
             break
         if signal == contract.RELINQUISH and status.state != RequestState.GRANTED:
+            break
+        if signal == contract.APPROVE and any(a.by == email for a in status.approvals):
+            break  # one of N approvals counted: the card shows the progress
+        if signal == contract.REVIEW and status.reviewed_by:
+            if status.reviewed_by != email:
+                await tell(deps, body, f":no_entry_sign: already reviewed by {status.reviewed_by}")
             break
         await asyncio.sleep(0.1)
     if (body.get("view") or {}).get("type") == "home":
@@ -94,7 +114,7 @@ async def open_deny_modal(deps: Deps, body: dict[str, Any], who: Identity) -> No
     if status is None:
         await tell(deps, body, f":no_entry_sign: no request with id {rid!r}")
         return
-    why = refusal(contract.DENY, who.email, status)
+    why = refusal(contract.DENY, who.email, status, origin(deps))
     if why:
         await tell(deps, body, f":no_entry_sign: {why}")
         return

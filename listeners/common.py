@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncBoltContext
@@ -11,11 +12,13 @@ from slack_sdk.errors import SlackApiError
 
 from listeners.deps import Deps
 from rolecall import operations
+from rolecall import slack_blocks as kit
 from rolecall.config import Instance
 from rolecall.errors import RolecallError
-from rolecall.models import RequestState, RequestStatus
-from rolecall.policy import refusal
+from rolecall.models import Decision, Page, RequestState, RequestStatus
+from rolecall.policy import VERIFIED
 from rolecall.roles import names as role_names
+from rolecall.signing import sign
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -23,6 +26,8 @@ log = logging.getLogger("rolecall.slack_app")
 ROLE_LIST_TIMEOUT = 1.5
 # A status query waits for a worker; lists skip requests that do not answer in time.
 STATUS_TIMEOUT = 1.5
+# Rows per page of a list in Slack (App Home, `/p0 list`).
+PAGE_SIZE = 25
 ACTIVE = (RequestState.PENDING, RequestState.APPROVED, RequestState.GRANTED, RequestState.REVOKING)
 
 
@@ -40,6 +45,30 @@ def value(values: dict[str, Any], block: str, action: str = "value") -> str:
     if item.get("selected_option"):
         return str(item["selected_option"]["value"])
     return str(item.get("value") or "")
+
+
+def chosen_role(values: dict[str, Any]) -> str:
+    """The role in the request modal: a plain select, or the type-ahead of a long list."""
+    return value(values, kit.B_ROLE) or value(values, kit.B_ROLE, kit.ROLE_SELECT)
+
+
+def checked(values: dict[str, Any], block: str, action: str = "value") -> list[str]:
+    """The values of a modal's ticked checkboxes."""
+    item = (values.get(block) or {}).get(action) or {}
+    return [str(o["value"]) for o in item.get("selected_options") or []]
+
+
+def origin(deps: Deps) -> str:
+    """What the worker will record our decisions as: verified only when we sign them."""
+    return VERIFIED if deps.decision_key else "unverified"
+
+
+def decision(deps: Deps, who: Identity, request_id: str, signal: str, reason: str = "") -> Decision:
+    """A decision by `who`, signed for this request and signal when the app has the key."""
+    d = Decision(actor=who.email, reason=reason, via="slack", slack_user_id=who.user_id)
+    if deps.decision_key is None:
+        return d
+    return sign(deps.decision_key, request_id, signal, d, datetime.now(UTC))
 
 
 async def tell(deps: Deps, body: dict[str, Any], text: str) -> None:
@@ -100,18 +129,24 @@ async def status_or_none(deps: Deps, rid: str) -> RequestStatus | None:
         return None
 
 
-async def own_requests(deps: Deps, email: str) -> list[RequestStatus]:
-    rows = await operations.list_requests(deps.temporal, requester=email, limit=100)
-    ids = [r["id"] for r in rows if r["state"] in {s.value for s in ACTIVE}]
-    found = await asyncio.gather(*(status_or_none(deps, i) for i in ids))
-    return [s for s in found if s is not None and s.state in ACTIVE]
+async def own_requests(deps: Deps, email: str, states: tuple[RequestState, ...] = ACTIVE) -> Page:
+    """The requester's own requests in `states`, from the visibility store (no status queries)."""
+    return await operations.page_requests(
+        deps.temporal, states=[s.value for s in states], requester=email, page_size=PAGE_SIZE
+    )
 
 
-async def waiting_for(deps: Deps, email: str) -> list[RequestStatus]:
-    rows = await operations.list_requests(deps.temporal, state=RequestState.PENDING.value, limit=100)
-    found = await asyncio.gather(*(status_or_none(deps, r["id"]) for r in rows))
-    return [
-        s
-        for s in found
-        if s is not None and s.state == RequestState.PENDING and refusal("approve", email, s) is None
-    ]
+async def waiting_for(deps: Deps, email: str, page: str | None = None) -> Page:
+    """Pending requests `email` approves, other than their own: one page and the count.
+
+    Read from the visibility store (RolecallApprovers, kept by the workflow), so an approver of
+    thousands of requests costs two visibility calls and no status query.
+    """
+    return await operations.page_requests(
+        deps.temporal,
+        states=[RequestState.PENDING.value],
+        approver=email,
+        not_requester=email,
+        page_size=PAGE_SIZE,
+        page=page,
+    )

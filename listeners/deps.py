@@ -27,6 +27,9 @@ class Deps:
     web: AsyncWebClient
     settings: Settings
     identity: SlackIdentity
+    # ROLECALL_DECISION_KEY, read once: every decision sent from Slack is signed with it.
+    # None: decisions go unsigned and are recorded "unverified".
+    decision_key: bytes | None = None
     role_cache: Ttl = field(default_factory=lambda: Ttl(ROLE_CACHE_SECONDS))
     # Work started after the ack (Slack allows 3 s); held here so it is not garbage collected.
     background: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -21,9 +21,16 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await publish_home(deps, me(context))
 
 
-async def publish_home(deps: Deps, who: Identity) -> None:
-    """Also run after a button on the Home tab, so it shows the decision at once."""
-    mine, todo = await asyncio.gather(own_requests(deps, who.email), waiting_for(deps, who.email))
-    grants = [s for s in mine if s.state == RequestState.GRANTED]
-    pending = [s for s in mine if s.state == RequestState.PENDING]
-    await deps.web.views_publish(user_id=who.user_id, view=kit.home_view(grants, pending, todo))
+async def publish_home(deps: Deps, who: Identity, page: str | None = None, page_number: int = 1) -> None:
+    """Also run after a button on the Home tab, so it shows the decision at once.
+
+    Everything comes from the visibility store; `page` is the token of a later page of the
+    requests waiting for this approver (the "Next page" button).
+    """
+    grants, pending, todo = await asyncio.gather(
+        own_requests(deps, who.email, (RequestState.GRANTED, RequestState.REVOKING)),
+        own_requests(deps, who.email, (RequestState.PENDING, RequestState.APPROVED)),
+        waiting_for(deps, who.email, page),
+    )
+    view = kit.home_view(grants, pending, todo, page_number)
+    await deps.web.views_publish(user_id=who.user_id, view=view)

@@ -17,14 +17,15 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from listeners.common import ACTIVE, me, value
+from listeners.common import ACTIVE, checked, chosen_role, decision, me, value
 from listeners.deps import Deps
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.config import Instance
 from rolecall.durations import format_duration, parse_duration
 from rolecall.errors import AlreadyRequested, Field, RolecallError
-from rolecall.models import AccessRequest, Decision, RequestStatus
+from rolecall.models import AccessRequest, RequestStatus
+from rolecall.rules import check_reason
 from rolecall.slack_identity import Identity
 
 log = logging.getLogger("rolecall.slack_app")
@@ -42,11 +43,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def on_deny_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         rid = str(body["view"]["private_metadata"])
         reason = value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
-        actor = me(context).email
+        signed = decision(deps, me(context), rid, contract.DENY, reason)
         try:
-            await operations.decide(
-                deps.temporal, rid, contract.DENY, Decision(actor=actor, reason=reason, via="slack")
-            )
+            await operations.decide(deps.temporal, rid, contract.DENY, signed)
         except RolecallError as e:
             await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
             return
@@ -56,11 +55,17 @@ def register(app: AsyncApp, deps: Deps) -> None:
 def read_form(deps: Deps, values: dict[str, Any]) -> tuple[Instance | None, timedelta | None, dict[str, str]]:
     """The chosen instance and duration, and the errors to show under each field."""
     errors: dict[str, str] = {}
-    inst = deps.config.get().instances.get(value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT))
-    role = value(values, kit.B_ROLE)
+    chosen = value(values, kit.B_INSTANCE, kit.INSTANCE_SELECT)
+    inst = deps.config.get().instances.get(chosen)
+    role = chosen_role(values)
     duration: timedelta | None = None
     if inst is None:
-        errors[kit.B_INSTANCE] = "Choose one of the configured instances."
+        # A stale modal (the instance was renamed or removed since it opened) or a made-up one.
+        errors[kit.B_INSTANCE] = (
+            f"Instance {chosen!r} is not configured (any more): choose another."
+            if chosen
+            else "Choose one of the configured instances."
+        )
         return None, None, errors
     try:
         duration = parse_duration(value(values, kit.B_DURATION))
@@ -89,8 +94,17 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
         await ack(response_action="errors", errors=errors)
         return
     assert inst is not None and duration is not None
-    role = value(values, kit.B_ROLE)
+    role = chosen_role(values)
+    reason = value(values, kit.B_REASON).strip()
+    break_glass = kit.BREAK_GLASS_ON in checked(values, kit.B_BREAK_GLASS)
     who = me(context)
+    try:
+        # Before anything starts: allowed_email_domains, and what the role's rule demands.
+        inst.check_requester(who.email)
+        check_reason(inst.rule_for(role, deps.config.get().pagerduty), reason, break_glass)
+    except RolecallError as e:
+        await ack(response_action="errors", errors={error_block(e): str(e)[:2000]})
+        return
     # An open request for the same role: answer in the modal without starting anything.
     if await _already_open(deps, ack, inst, role, who):
         return
@@ -100,9 +114,10 @@ async def submit_request(deps: Deps, ack: Any, body: dict[str, Any], context: As
         instance=inst.name,
         role=role,
         duration=duration,
-        reason=value(values, kit.B_REASON).strip(),
+        reason=reason,
         source="slack",
         slack_user_id=user_id,
+        break_glass=break_glass,
     )
     task = asyncio.ensure_future(operations.submit(deps.temporal, req, deps.settings.task_queue))
     budget = max(0.2, SUBMIT_WAIT - (time.monotonic() - started))
@@ -146,7 +161,13 @@ async def _finish_submit(deps: Deps, task: asyncio.Future[RequestStatus], user_i
 
 
 # The modal field each kind of refusal is shown under (`RolecallError.field`).
-FIELD_BLOCKS: dict[Field, str] = {"instance": kit.B_INSTANCE, "role": kit.B_ROLE, "duration": kit.B_DURATION}
+FIELD_BLOCKS: dict[Field, str] = {
+    "instance": kit.B_INSTANCE,
+    "role": kit.B_ROLE,
+    "duration": kit.B_DURATION,
+    "reason": kit.B_REASON,
+    "break_glass": kit.B_BREAK_GLASS,
+}
 
 
 def error_block(err: RolecallError) -> str:

@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 # The part of a request an error is about, e.g. the field of the Slack request modal that
 # shows it: the one to change to get past it.
-Field = Literal["instance", "role", "duration"]
+Field = Literal["instance", "role", "duration", "reason", "break_glass"]
 
 
 class RolecallError(Exception):
@@ -58,6 +58,18 @@ class LoginNotFound(NotFound):
 
 class NotAllowed(BadRequest):
     """The actor may not do this (not an approver, not the requester, self-approval)."""
+
+
+class BreakGlassNotAllowed(NotAllowed):
+    """Break-glass (emergency) access asked for a role whose rule does not allow it."""
+
+    field = "break_glass"
+
+
+class BadReason(BadRequest):
+    """The reason is missing, or does not match what the role's rule expects."""
+
+    field = "reason"
 
 
 class RequesterNotAllowed(NotAllowed):
@@ -110,6 +122,8 @@ _ALL: tuple[type[RolecallError], ...] = (
     UnknownInstance,
     LoginNotFound,
     NotAllowed,
+    BreakGlassNotAllowed,
+    BadReason,
     RequesterNotAllowed,
     DangerousRole,
     AlreadyRequested,

@@ -488,3 +488,25 @@ class GroupCheck(Model):
 class GroupMembership(Model):
     member: bool
     detail: str = ""
+
+
+class Listed(Model):
+    """One request as the visibility store has it: enough for a list, no query to its workflow."""
+
+    id: str
+    state: str
+    requester: str
+    instance: str
+    role: str
+    started: datetime
+    expires_at: datetime | None = None  # while a grant may be held
+    rule: str = ""
+    break_glass: bool = False
+
+
+class Page(Model):
+    """One page of a list, how many match in all, and the token of the next page (if any)."""
+
+    rows: list[Listed]
+    total: int
+    next_page: str | None = None

@@ -8,12 +8,15 @@ and a decision is pre-checked against the request's own policy before the signal
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecution,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -44,12 +47,25 @@ from rolecall.models import (
     Decision,
     ExtendAnswer,
     ExtendRequest,
+    Listed,
+    Page,
     RequestState,
     RequestStatus,
     RoleList,
 )
-from rolecall.policy import SIGNALS, refusal
-from rolecall.temporal import INSTANCE, REQUESTER, ROLE, STATE, quote, request_id
+from rolecall.policy import SIGNALS, VERIFIED, refusal
+from rolecall.temporal import (
+    APPROVERS,
+    BREAK_GLASS,
+    EXPIRES_AT,
+    INSTANCE,
+    REQUESTER,
+    ROLE,
+    RULE,
+    STATE,
+    quote,
+    request_id,
+)
 
 
 async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
@@ -127,13 +143,24 @@ async def get_status(client: Client, request_id: str) -> RequestStatus:
     return status
 
 
+def claimed_origin(decision: Decision) -> str:
+    """Where the workflow will say a decision came from, if its signature (if any) verifies."""
+    if decision.via == "cli":
+        return "cli"
+    return VERIFIED if decision.signature else "unverified"
+
+
 async def decide(client: Client, request_id: str, signal: str, decision: Decision) -> RequestStatus:
-    """Pre-check, then send approve / deny / cancel / relinquish; return the status seen."""
+    """Pre-check, then send approve / deny / cancel / relinquish / review; return the status seen.
+
+    A decision from Slack comes signed for this request and signal (rolecall.signing); the
+    signature covers the actor lower-cased, so lower-casing it here keeps it valid.
+    """
     if signal not in SIGNALS:
         raise BadRequest(f"unknown action {signal!r}")
     decision = decision.model_copy(update={"actor": decision.actor.strip().lower()})
     status = await get_status(client, request_id)
-    why = refusal(signal, decision.actor, status)
+    why = refusal(signal, decision.actor, status, claimed_origin(decision))
     if why:
         raise NotAllowed(why)
     await handle(client, request_id).signal(signal, decision)
@@ -213,3 +240,71 @@ async def catalog_roles(client: Client, task_queue: str, instance: str, wait: fl
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             )
         await asyncio.sleep(0.05)
+
+
+def _query(
+    states: list[str] | None, requester: str | None, approver: str | None, not_requester: str | None
+) -> str:
+    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"']
+    known = {s.value for s in RequestState}
+    for state in states or []:
+        if state not in known:
+            raise BadRequest(f"unknown state {state!r} (one of: {', '.join(sorted(known))})")
+    if states:
+        clauses.append(f"{STATE.name} IN ({', '.join(f'{chr(34)}{s}{chr(34)}' for s in states)})")
+    if requester:
+        clauses.append(f'{REQUESTER.name} = "{quote(requester.strip().lower())}"')
+    if approver:
+        clauses.append(f'{APPROVERS.name} = "{quote(approver.strip().lower())}"')
+    if not_requester:
+        clauses.append(f'{REQUESTER.name} != "{quote(not_requester.strip().lower())}"')
+    return " AND ".join(clauses)
+
+
+async def page_requests(
+    client: Client,
+    *,
+    states: list[str] | None = None,
+    requester: str | None = None,
+    approver: str | None = None,
+    not_requester: str | None = None,
+    page_size: int = 25,
+    page: str | None = None,
+) -> Page:
+    """A page of requests from the visibility store (newest first) and the count of all.
+
+    Lists at organisation scale read only search attributes: no status query per request,
+    so a list of thousands costs two visibility calls and waits for no worker.
+    """
+    query = _query(states, requester, approver, not_requester)
+    token: bytes | None = None
+    if page:
+        try:
+            token = base64.urlsafe_b64decode(page.encode())
+        except (binascii.Error, ValueError):
+            raise BadRequest("that page of the list is no longer valid: open it again") from None
+    it = client.list_workflows(query, page_size=page_size, next_page_token=token)
+    await it.fetch_next_page(page_size=page_size)
+    rows = [_listed(wf) for wf in it.current_page or []]
+    nxt = it.next_page_token
+    count = await client.count_workflows(query)
+    return Page(
+        rows=rows,
+        total=count.count,
+        next_page=base64.urlsafe_b64encode(nxt).decode() if nxt else None,
+    )
+
+
+def _listed(wf: WorkflowExecution) -> Listed:
+    sa = wf.typed_search_attributes
+    return Listed(
+        id=wf.id,
+        state=sa.get(STATE) or "",
+        requester=sa.get(REQUESTER) or "",
+        instance=sa.get(INSTANCE) or "",
+        role=sa.get(ROLE) or "",
+        started=wf.start_time,
+        expires_at=sa.get(EXPIRES_AT),
+        rule=sa.get(RULE) or "",
+        break_glass=bool(sa.get(BREAK_GLASS)),
+    )

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import re
 
-from rolecall.errors import BadRequest, NotAllowed
+from rolecall.errors import BadReason, BreakGlassNotAllowed
 from rolecall.models import AppliedRule
 
 
 def check_reason(rule: AppliedRule, reason: str, break_glass: bool) -> None:
     """Refuse a missing or non-matching reason, and break-glass where the rule has none."""
     if break_glass and not rule.break_glass:
-        raise NotAllowed(f"rule {rule.name!r} does not allow break-glass (emergency) access")
+        raise BreakGlassNotAllowed(f"rule {rule.name!r} does not allow break-glass (emergency) access")
     text = reason.strip()
     if (rule.require_reason or rule.reason_pattern or break_glass) and not text:
         why = "break-glass access needs a reason" if break_glass else f"rule {rule.name!r} needs a reason"
         hint = f" matching {rule.reason_pattern}" if rule.reason_pattern else ""
-        raise BadRequest(f"{why}{hint}")
+        raise BadReason(f"{why}{hint}")
     if rule.reason_pattern and not re.search(rule.reason_pattern, text):
-        raise BadRequest(
+        raise BadReason(
             f"reason {text!r} does not match what rule {rule.name!r} expects: {rule.reason_pattern}"
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 from rolecall.config import Instance
 from rolecall.durations import format_duration
-from rolecall.models import ReconcileReport, RequestState, RequestStatus
+from rolecall.models import Listed, Page, ReconcileReport, RequestState, RequestStatus
 from rolecall.policy import label
 
 Block = dict[str, Any]
@@ -28,9 +28,15 @@ EXTEND = "rolecall_extend"
 APPROVE_EXTENSION = "rolecall_extend_approve"
 DENY_EXTENSION = "rolecall_extend_deny"
 INSTANCE_SELECT = "rolecall_instance"
+ROLE_SELECT = "rolecall_role"  # the role picker when it is a type-ahead (external_select)
+HOME_MORE = "rolecall_home_more"  # App Home: the next page of requests waiting for you
+# A static select holds at most this many options; beyond, the modal uses a type-ahead.
+MAX_OPTIONS = 100
 # Block IDs of the request modal (errors are keyed by block ID).
 B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
 B_DENY_REASON = "deny_reason"
+B_BREAK_GLASS = "break_glass"
+BREAK_GLASS_ON = "on"  # the value of the break-glass checkbox when ticked
 
 DURATION_CHOICES = [
     timedelta(minutes=15),
@@ -477,26 +483,45 @@ def duration_choices(inst: Instance) -> list[timedelta]:
     return sorted(choices)
 
 
+def offers_break_glass(inst: Instance) -> bool:
+    """Whether the modal shows the break-glass checkbox: some role of `inst` allows it."""
+    return bool(inst.break_glass) or any(r.break_glass for r in inst.rules)
+
+
 def request_modal(
     instances: list[Instance],
     selected: Instance,
     roles: list[str],
     private_metadata: str = "",
 ) -> dict[str, Any]:
-    """The /p0 request modal; changing the instance reloads the roles (a modal update)."""
-    inst_options = [option(i.name, i.name) for i in instances]
+    """The /p0 request modal; changing the instance reloads the roles (a modal update).
+
+    Up to MAX_OPTIONS instances or roles are a plain select; more are a type-ahead
+    (external_select) answered by `listeners.options`, which finds the roles of the instance
+    named in `private_metadata`.
+    """
+    chosen = option(selected.name, selected.name)
+    inst_element: dict[str, Any] = {
+        "type": "static_select",
+        "action_id": INSTANCE_SELECT,
+        "options": [option(i.name, i.name) for i in instances],
+        "initial_option": chosen,
+    }
+    if len(instances) > MAX_OPTIONS:
+        inst_element = {
+            "type": "external_select",
+            "action_id": INSTANCE_SELECT,
+            "min_query_length": 0,
+            "initial_option": chosen,
+            "placeholder": plain("Type part of an instance name"),
+        }
     blocks: list[Block] = [
         {
             "type": "input",
             "block_id": B_INSTANCE,
             "dispatch_action": True,
             "label": plain("PostgreSQL instance"),
-            "element": {
-                "type": "static_select",
-                "action_id": INSTANCE_SELECT,
-                "options": inst_options[:100],
-                "initial_option": option(selected.name, selected.name),
-            },
+            "element": inst_element,
         },
         {
             "type": "input",
@@ -510,7 +535,22 @@ def request_modal(
             },
         },
     ]
-    if roles:
+    if len(roles) > MAX_OPTIONS:
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": B_ROLE,
+                "label": plain("Role name"),
+                "element": {
+                    "type": "external_select",
+                    "action_id": ROLE_SELECT,
+                    "min_query_length": 1,
+                    "placeholder": plain("Type part of a role name"),
+                },
+                "hint": plain(f"{len(roles)} roles on this instance: type to find yours."),
+            }
+        )
+    elif roles:
         blocks.append(
             {
                 "type": "input",
@@ -520,7 +560,7 @@ def request_modal(
                     "type": "static_select",
                     "action_id": "value",
                     "placeholder": plain("Choose a role"),
-                    "options": [option(r, r) for r in roles[:100]],
+                    "options": [option(r, r) for r in roles],
                 },
             }
         )
@@ -561,13 +601,30 @@ def request_modal(
             },
         },
     ]
+    if offers_break_glass(selected):
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": B_BREAK_GLASS,
+                "optional": True,
+                "label": plain("Emergency access (break-glass)"),
+                "element": {
+                    "type": "checkboxes",
+                    "action_id": "value",
+                    "options": [
+                        option("Emergency: grant at once, approvers review afterwards", BREAK_GLASS_ON)
+                    ],
+                },
+                "hint": plain("Only for an incident; needs a reason. Approvers are alerted at once."),
+            }
+        )
     return {
         "type": "modal",
         "callback_id": REQUEST_MODAL,
         "title": plain("Request access", 24),
         "submit": plain("Request", 24),
         "close": plain("Cancel", 24),
-        "private_metadata": private_metadata,
+        "private_metadata": private_metadata or selected.name,
         "blocks": blocks,
     }
 
@@ -613,27 +670,36 @@ def help_blocks(command: str) -> tuple[str, list[Block]]:
     return "rolecall help", [section(text)]
 
 
-def _row(status: RequestStatus, extra: str = "") -> str:
-    base = (
-        f"{_ICON[status.state]} `{escape(status.role)}` on `{escape(status.instance)}` · "
-        f"{label(status.state)}"
-    )
-    if status.state == RequestState.GRANTED and status.expires_at:
-        base += f" until {slack_date(status.expires_at)}"
-    elif status.state == RequestState.PENDING:
-        base += f" · asked for {duration_of(status)}"
+def _row(r: Listed, extra: str = "") -> str:
+    state = RequestState(r.state) if r.state in {s.value for s in RequestState} else None
+    icon = _ICON[state] if state else ":grey_question:"
+    base = f"{icon} `{escape(r.role)}` on `{escape(r.instance)}` · {escape(r.state.replace('_', ' '))}"
+    if state == RequestState.GRANTED and r.expires_at:
+        base += f" until {slack_date(r.expires_at)}"
+    elif state == RequestState.PENDING:
+        base += f" · asked {slack_date(r.started)}"
+    if r.break_glass:
+        base += " · :rotating_light: break-glass"
     return base + extra
 
 
-def list_blocks(statuses: list[RequestStatus]) -> tuple[str, list[Block]]:
-    if not statuses:
+def _shown(page: Page, what: str) -> str:
+    """ "Showing 25 of 300 …": said whenever a list is longer than what is shown."""
+    return f"Showing {len(page.rows)} of {page.total} {what}." if page.total > len(page.rows) else ""
+
+
+def list_blocks(page: Page) -> tuple[str, list[Block]]:
+    if not page.rows:
         return "You have no pending or active requests.", [
             section("You have no pending or active requests. Ask with `/p0 request`.")
         ]
-    blocks: list[Block] = [section("*Your pending and active requests*")]
-    for s in statuses[:40]:
-        blocks.append(section(_row(s)))
-    return f"You have {len(statuses)} pending or active request(s).", blocks
+    blocks: list[Block] = [section(f"*Your pending and active requests* ({page.total})")]
+    for r in page.rows[:40]:
+        blocks.append(section(_row(r)))
+    more = _shown(page, "requests (the newest first); `rolecall list` shows them all")
+    if more:
+        blocks.append(context(more))
+    return f"You have {page.total} pending or active request(s).", blocks
 
 
 def refused_home(text: str) -> dict[str, Any]:
@@ -644,36 +710,52 @@ def refused_home(text: str) -> dict[str, Any]:
     }
 
 
-def home_view(
-    grants: list[RequestStatus], pending: list[RequestStatus], to_approve: list[RequestStatus]
-) -> dict[str, Any]:
+def home_view(grants: Page, pending: Page, to_approve: Page, page_number: int = 1) -> dict[str, Any]:
+    """The App Home, from the visibility store: each list's count and its first page.
+
+    `to_approve` may be any page of its list (`page_number`); "Next page" carries the token of
+    the following one. Slack allows 100 blocks: 12 + 12 + 25 * 2 of them at most here.
+    """
     blocks: list[Block] = [
         {"type": "header", "text": plain("Your database access")},
     ]
-    if grants:
-        for s in grants[:25]:
-            blocks.append({**section(_row(s)), "accessory": relinquish_button(s.id)})
+    if grants.rows:
+        for r in grants.rows[:10]:
+            blocks.append({**section(_row(r)), "accessory": relinquish_button(r.id)})
+        if _shown(grants, "grants"):
+            blocks.append(context(_shown(grants, "grants")))
     else:
         blocks.append(context("No active grants. Use `/p0 request` to ask for a role."))
     blocks += [{"type": "divider"}, {"type": "header", "text": plain("Your pending requests")}]
-    if pending:
-        for s in pending[:25]:
-            blocks.append({**section(_row(s)), "accessory": button("Cancel", CANCEL, s.id)})
+    if pending.rows:
+        for r in pending.rows[:10]:
+            blocks.append({**section(_row(r)), "accessory": button("Cancel", CANCEL, r.id)})
+        if _shown(pending, "pending requests"):
+            blocks.append(context(_shown(pending, "pending requests")))
     else:
         blocks.append(context("Nothing pending."))
-    if to_approve:
-        blocks += [{"type": "divider"}, {"type": "header", "text": plain("Waiting for your approval")}]
-        for s in to_approve[:25]:
-            blocks.append(section(f"{who(s)} ({escape(s.requester)}): {_row(s)}"))
+    if to_approve.total:
+        blocks += [
+            {"type": "divider"},
+            {"type": "header", "text": plain(f"Waiting for your approval ({to_approve.total})")},
+        ]
+        for r in to_approve.rows[:25]:
+            blocks.append(section(f"{escape(r.requester)}: {_row(r)}"))
             blocks.append(
                 {
                     "type": "actions",
                     "elements": [
-                        button("Approve", APPROVE, s.id, "primary"),
-                        button("Deny", DENY, s.id, "danger"),
+                        button("Approve", APPROVE, r.id, "primary"),
+                        button("Deny", DENY, r.id, "danger"),
                     ],
                 }
             )
+        first = (page_number - 1) * 25 + 1
+        last = first + len(to_approve.rows[:25]) - 1
+        blocks.append(context(f"{first} to {last} of {to_approve.total}, the newest first"))
+        if to_approve.next_page and len(to_approve.next_page) <= 1900:
+            value = f"{page_number + 1}:{to_approve.next_page}"
+            blocks.append({"type": "actions", "elements": [button("Next page", HOME_MORE, value)]})
     return {"type": "home", "blocks": blocks[:100]}
 
 

@@ -575,15 +575,27 @@ class SlackDriver:
         ]  # fmt: skip
         return await self.interaction(payload)
 
+    async def suggest(self, user: str, view: dict[str, Any], block: str, action_id: str, typed: str) -> Reply:
+        """What Slack sends as someone types into an external_select (`block_suggestion`)."""
+        payload = self._base("block_suggestion", user)
+        payload.update(action_id=action_id, block_id=block, value=typed)
+        payload["container"] = {"type": "view", "view_id": view.get("id", "V1")}
+        payload["view"] = {**view, "state": {"values": {}}}
+        return await self.interaction(payload)
+
     async def submit(self, user: str, view: dict[str, Any], values: dict[str, dict[str, Any]]) -> Reply:
-        """Submit a modal; `values` maps block_id -> {action_id: str (select/text) }."""
+        """Submit a modal; `values` maps block_id -> {action_id: str (select/text), or the
+        list of ticked values (checkboxes)}."""
         state: dict[str, Any] = {}
         for block, actions in values.items():
             state[block] = {}
             for action_id, value in actions.items():
                 element = _element(view, block)
-                if element.get("type") == "static_select":
-                    state[block][action_id] = {"type": "static_select", "selected_option": _opt(value)}
+                if element.get("type") in ("static_select", "external_select"):
+                    state[block][action_id] = {"type": element["type"], "selected_option": _opt(value)}
+                elif element.get("type") == "checkboxes":
+                    ticked = [o for o in element["options"] if o["value"] in value]
+                    state[block][action_id] = {"type": "checkboxes", "selected_options": ticked}
                 else:
                     state[block][action_id] = {"type": "plain_text_input", "value": value}
         payload = self._base("view_submission", user)
@@ -685,9 +697,15 @@ def world_context(
     *,
     approvers: list[str] | None = None,
     requester_approves: bool = False,
+    signed: bool = True,
+    slack_temporal: Any = None,
     **extra: Any,
 ) -> Any:
-    """An async context manager yielding a `World`; the fake Slack is already running."""
+    """An async context manager yielding a `World`; the fake Slack is already running.
+
+    `signed`: the Slack app has the tests' ROLECALL_DECISION_KEY (as the tests' workers do).
+    `slack_temporal`: the Temporal client the Slack app uses (default: the stack's).
+    """
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -696,6 +714,7 @@ def world_context(
 
         from rolecall.config import ConfigStore, Settings
         from slack_app import build_app
+        from tests.conftest import DECISION_KEY
 
         role, login = roles.role(), roles.login()
         fake = FakeSlack().start()
@@ -713,10 +732,11 @@ def world_context(
                 slack_client=web_client_for(fake),
                 **extra,
             )
+            key = DECISION_KEY.decode() if signed else None
             app = build_app(
                 ConfigStore(stack.config_path),
-                stack.client,
-                Settings(task_queue=stack.task_queue),
+                slack_temporal or stack.client,
+                Settings(task_queue=stack.task_queue, decision_key=key),
                 web_client=web_client_for(fake),
                 signing_secret=SECRET,
             )

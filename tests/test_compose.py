@@ -175,12 +175,15 @@ def shutdown_problems(services: dict[str, Any], env: dict[str, str]) -> list[str
     return []
 
 
+SECRET_NAMES = r"PASSWORD|PWD|TOKEN|SECRET|API_KEY|DECISION_KEY"
+
+
 def secret_problems(services: dict[str, Any]) -> list[str]:
     """A password, token or key in the file itself instead of a ${VAR} from .env."""
     problems = []
     for name, svc in services.items():
         for key, value in _env(svc).items():
-            if re.search(r"PASSWORD|PWD|TOKEN|SECRET|API_KEY", key) and not used_variables(value):
+            if re.search(SECRET_NAMES, key) and not used_variables(value):
                 problems.append(f"{name}: {key} is written inline")
             for m in re.finditer(r"://[^:/@\s]+:([^@\s]+)@", value):
                 if not used_variables(m.group(1)):
@@ -448,3 +451,10 @@ def test_variable_check_catches_mistakes(compose: str, example: str, problem: st
 def test_escaped_dollars_are_not_variables() -> None:
     assert used_variables("a: $${INSIDE} $$PLAIN ${OUTSIDE:-x}") == {"OUTSIDE": None}
     assert interpolate("${A:-d} ${B-d} ${C} $${D}", {"B": "", "C": "c"}) == "d  c ${D}"
+
+
+def test_worker_and_slack_app_share_the_decision_key() -> None:
+    """The Slack app signs with the key the worker verifies with: one variable, in both."""
+    services = _compose()["services"]
+    keys = {name: _env(services[name]).get("ROLECALL_DECISION_KEY") for name in ("worker", "slack-app")}
+    assert keys == {"worker": "${ROLECALL_DECISION_KEY:-}", "slack-app": "${ROLECALL_DECISION_KEY:-}"}

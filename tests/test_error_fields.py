@@ -22,6 +22,8 @@ CASES = [
     (errors.AlreadyMember, kit.B_ROLE),
     (errors.AlreadyRequested, kit.B_ROLE),
     (errors.BadRequest, kit.B_ROLE),
+    (errors.BadReason, kit.B_REASON),
+    (errors.BreakGlassNotAllowed, kit.B_BREAK_GLASS),
     (errors.RolecallError, kit.B_ROLE),
 ]
 

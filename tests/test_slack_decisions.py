@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+import pytest
 
 from rolecall import slack_blocks as kit
 from rolecall.models import RequestState
@@ -70,7 +73,43 @@ async def test_double_click_says_who_decided(make_stack, roles: Roles, pg) -> No
         assert "already approved by dba@example.com" in await wait_ephemeral(w, BOB, 1)
         status = await w.stack.status(rid)
         assert status.state == RequestState.GRANTED and status.decided_by == "dba@example.com"
+        # The click was signed by the Slack app and verified by the worker.
+        assert status.decided_via == "slack (verified)"
         assert pg.is_member(w.login, w.role)
+
+
+async def test_signed_clicks_count_where_only_verified_decisions_do(make_stack, roles: Roles, pg) -> None:
+    async with world_context(make_stack, roles, accept_unverified_decisions=False) as w:
+        rid, msg = await pending_request(w)
+        # The CLI's decision does not count here; the Slack click, signed, does.
+        r = await w.stack.cli("approve", rid, "--as", "dba@example.com")
+        assert r.code != 0 and "accepts only decisions made in Slack and verified" in r.err + r.out
+        await w.slack.click(DBA, kit.APPROVE, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
+        status = await w.stack.wait_state(rid, RequestState.GRANTED, timeout=20)
+        assert status.decided_by == "dba@example.com" and status.decided_via == "slack (verified)"
+        assert pg.is_member(w.login, w.role)
+
+
+async def test_unsigned_slack_app_is_refused_where_only_verified_decisions_count(
+    make_stack, roles: Roles, pg, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rolecall.slack_app")
+    async with world_context(make_stack, roles, signed=False, accept_unverified_decisions=False) as w:
+        # One warning at start-up, naming the variable.
+        warned = [r for r in caplog.records if "ROLECALL_DECISION_KEY is not set" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        rid, msg = await pending_request(w)
+        await w.slack.click(DBA, kit.APPROVE, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
+        text = await wait_ephemeral(w, DBA, 1)
+        assert "accepts only decisions made in Slack and verified by rolecall; this one is unverified" in text
+        await w.slack.click(DBA, kit.DENY, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
+        assert "this one is unverified" in await wait_ephemeral(w, DBA, 2)
+        assert not w.fake.calls_to("views.open")  # no deny modal either
+        status = await w.stack.status(rid)
+        assert status.state == RequestState.PENDING and status.decided_by is None
+        assert status.refused == [] and status.approvals == []  # refused before any signal
+        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY]
+        assert not pg.is_member(w.login, w.role)
 
 
 async def test_simultaneous_clicks_one_decision(make_stack, roles: Roles, pg) -> None:
@@ -101,6 +140,7 @@ async def test_deny_with_reason(make_stack, roles: Roles, pg) -> None:
         assert r.status == 200 and not r.text
         status = await w.stack.wait_state(rid, RequestState.DENIED)
         assert status.decided_by == "dba@example.com" and status.decision_reason == "use the read replica"
+        assert status.decided_via == "slack (verified)"
         assert not pg.is_member(w.login, w.role)
         await eventually(lambda: "Denied by" in text_of(w.posts(APPROVERS_CHANNEL)[0]), 15, "msg update")
         msg = w.posts(APPROVERS_CHANNEL)[0]

@@ -172,3 +172,23 @@ async def test_main_serves_http_with_the_signing_secret(make_stack, roles: Roles
             _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert b"Traceback" not in err, err.decode()
+
+
+async def test_requester_outside_the_allowed_domains_is_refused_inline(make_stack, roles: Roles) -> None:
+    async with world_context(make_stack, roles, allowed_email_domains=["corp.example"]) as w:
+        await w.slack.command(ALICE, "request")
+        view = await w.view()
+        r = await w.slack.submit(ALICE, view, form(w, view))
+        answer = r.json()
+        assert answer["response_action"] == "errors" and list(answer["errors"]) == [kit.B_INSTANCE]
+        assert answer["errors"][kit.B_INSTANCE] == (
+            f"{w.email} may not request access on instance 'pg': only @corp.example addresses may"
+        )
+        await nothing_started(w)
+        # The same person under an allowed address (same login, by login_template) may.
+        w.fake.add_user("UCORP", f"{w.login}@corp.example", "Alice Corp")
+        r = await w.slack.submit("UCORP", view, form(w, view))
+        assert r.status == 200 and not r.text, r.text
+        status = await w.stack.wait_state(f"access/pg/{w.role}/{w.login}@corp.example", RequestState.PENDING)
+        assert status.requester == f"{w.login}@corp.example"
+        await nothing_started(w)

@@ -24,6 +24,7 @@ DENY = "rolecall_deny_open"
 CANCEL = "rolecall_cancel"
 RELINQUISH = "rolecall_relinquish"
 REVIEW = "rolecall_review"
+PRIVILEGES = "rolecall_privileges"  # the card's Details button: the role's grouped privileges
 INSTANCE_SELECT = "rolecall_instance"
 # Block IDs of the request modal (errors are keyed by block ID).
 B_INSTANCE, B_KIND, B_ROLE, B_DURATION, B_REASON = "instance", "kind", "role", "duration", "reason"
@@ -123,6 +124,13 @@ def _fields(status: RequestStatus) -> Block:
         mrkdwn(f"*Reason*\n{escape(status.reason) or '_none given_'}", 2000),
     ]
     return {"type": "section", "fields": fields}
+
+
+def _privileges(status: RequestStatus) -> list[Block]:
+    """The role's privileges in one line (read when the request was checked, or at the grant)."""
+    if not status.privileges_summary:
+        return []
+    return [context(f":mag: *Privileges:* {escape(status.privileges_summary)}")]
 
 
 def _warnings(status: RequestStatus) -> list[Block]:
@@ -231,6 +239,7 @@ def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
             f"{head} from {who(s)}: role `{escape(s.role)}` on `{escape(s.instance)}` for *{duration_of(s)}*"
         ),
         _fields(s),
+        *_privileges(s),
         *_warnings(s),
         *_rule_lines(s),
     ]
@@ -244,6 +253,7 @@ def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
                 "elements": [
                     button("Approve", APPROVE, s.id, "primary"),
                     button("Deny", DENY, s.id, "danger"),
+                    *([button("Details", PRIVILEGES, s.id)] if s.privileges_detail else []),
                 ],
             }
         )
@@ -528,6 +538,37 @@ def deny_modal(status: RequestStatus) -> dict[str, Any]:
             },
         ],
     }
+
+
+def privileges_modal(status: RequestStatus) -> dict[str, Any]:
+    """The Details modal: what the role grants, as snapshotted by the worker.
+
+    The Slack app holds no database credentials: this shows the grouped list the check (or
+    the grant's re-read) stored in the request, already cut to fit one section.
+    """
+    s = status
+    detail = s.privileges_detail or "The privileges of this role were not read."
+    return {
+        "type": "modal",
+        "title": plain("Role privileges", 24),
+        "close": plain("Close", 24),
+        "blocks": [
+            section(f"What `{escape(s.role)}` on `{escape(s.instance)}` grants a member:"),
+            section("```" + escape(detail) + "```"),
+            context(f"Read by rolecall for request `{escape(s.id)}`; `rolecall explain` lists all."),
+        ],
+    }
+
+
+def privileges_changed_message(status: RequestStatus, detail: str) -> tuple[str, list[Block]]:
+    """The reply under the card when the role gained privileges before the grant."""
+    s = status
+    text = f"Grant held: {s.role} on {s.instance} gained privileges; approve again to grant"
+    line = (
+        f":warning: *Grant held, nothing was granted.* {escape(detail)}\n"
+        f"The approvals were cleared: approve again on the card to grant what it shows now."
+    )
+    return text, [section(line)]
 
 
 def help_blocks(command: str) -> tuple[str, list[Block]]:

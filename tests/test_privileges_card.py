@@ -173,6 +173,29 @@ async def test_a_role_that_gains_privileges_before_approval_is_not_granted(
         assert not [c for c in w.fake.calls if not c.response.get("ok", True)]
 
 
+async def test_privileges_too_slow_to_read_are_said_not_guessed(
+    make_stack: Any, roles: Roles, pg: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the budget the card says so, has no Details, and the grant is not held for it."""
+    import activities.postgres
+
+    monkeypatch.setattr(activities.postgres, "CHECK_PRIVILEGES_BUDGET", 0.0)
+    async with world_context(make_stack, roles) as w:
+        rid = await w.stack.request(w.login, w.role)
+        status = await w.stack.wait_state(rid, RequestState.PENDING)
+        assert status.privileges_summary == "privileges could not be read: reading them took longer than 0 s"
+        assert status.privileges_detail == ""
+        await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 15, "the approvers' card")
+        msg = card(w)
+        assert privileges_line(msg).endswith(
+            "privileges could not be read: reading them took longer than 0 s"
+        )
+        assert action_ids(msg) == [kit.APPROVE, kit.DENY]
+        await w.slack.click(DBA, kit.APPROVE, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])
+        await w.stack.wait_state(rid, RequestState.GRANTED, timeout=30)
+        assert pg.is_member(w.login, w.role)
+
+
 def test_a_large_role_is_compared_by_digest() -> None:
     """Over the size cap only a digest is kept: any change holds the grant, with counts."""
 

@@ -32,7 +32,7 @@ from rolecall.errors import (
     RevokeNotVerified,
     RolecallError,
 )
-from rolecall.explain import Connect, Privileges, explain
+from rolecall.explain import Privileges, explain
 from rolecall.models import (
     AccessRequest,
     CheckResult,
@@ -70,34 +70,19 @@ CHECK_PRIVILEGES_BUDGET = 3.0
 GRANT_PRIVILEGES_BUDGET = 10.0
 
 
-def other_databases(target: Target) -> Connect:
-    """explain's connections to the cluster's other databases, through `connect` (budgeted).
+async def read_privileges(conn: Conn, inst: Instance, role: str, budget: float) -> tuple[Privileges, float]:
+    """The role's privileges in the instance's own database, within `budget` seconds.
 
-    explain lists a database it cannot reach as unreadable when psycopg raises; `connect`
-    raises InstanceUnavailable, so that is turned back into psycopg's error here.
+    On the activity's own connection only: reading the cluster's other databases would open
+    more connections than the instance's `max_connections` allows (each check or grant already
+    holds one), so they are listed as not read, and the card says how many.
     """
-
-    @asynccontextmanager
-    async def other(dbname: str) -> AsyncIterator[Conn]:
-        try:
-            async with connect(target, "rolecall explain", dbname=dbname, reuse=False) as conn:
-                yield conn
-        except InstanceUnavailable as e:  # only the connect raises it; the reads raise psycopg's
-            raise psycopg.OperationalError(str(e).split(": ", 1)[-1]) from e
-
-    return other
-
-
-async def read_privileges(
-    conn: Conn, inst: Instance, target: Target, role: str, budget: float
-) -> tuple[Privileges, float]:
-    """The role's privileges on every database of the cluster, within `budget` seconds."""
     started = time.monotonic()
     privs = await asyncio.wait_for(
         explain(
             conn,
             role,
-            connect=other_databases(target),
+            connect=None,
             unsafe_allowed=role in inst.unsafe_allowed,
             where=f"on instance {inst.name!r}",
         ),
@@ -109,7 +94,7 @@ async def read_privileges(
 async def privileges_snapshot(conn: Conn, inst: Instance, role: str) -> PrivilegesSnapshot:
     """The card's snapshot, or why it could not be read: never a guess."""
     try:
-        privs, seconds = await read_privileges(conn, inst, inst.target(), role, CHECK_PRIVILEGES_BUDGET)
+        privs, seconds = await read_privileges(conn, inst, role, CHECK_PRIVILEGES_BUDGET)
     except TimeoutError:
         return snapshot.unreadable(f"reading them took longer than {CHECK_PRIVILEGES_BUDGET:g} s")
     except (psycopg.Error, RolecallError, OSError) as e:
@@ -353,7 +338,7 @@ class PostgresActivities:
         if await self._row_xmin(conn, inp.role, inp.db_user, target) is not None:
             return
         try:
-            now, _ = await read_privileges(conn, inst, target, inp.role, GRANT_PRIVILEGES_BUDGET)
+            now, _ = await read_privileges(conn, inst, inp.role, GRANT_PRIVILEGES_BUDGET)
         except TimeoutError as e:
             raise PrivilegesUnreadable(
                 f"the privileges of {inp.role!r} could not be re-read within "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,9 +27,12 @@ from rolecall.errors import (
     GrantFailed,
     InstanceUnavailable,
     NotFound,
+    PrivilegesChanged,
+    PrivilegesUnreadable,
     RevokeNotVerified,
     RolecallError,
 )
+from rolecall.explain import Privileges, explain
 from rolecall.models import (
     AccessRequest,
     CatalogInput,
@@ -39,6 +43,7 @@ from rolecall.models import (
     MembershipList,
     Policy,
     PrepareResult,
+    PrivilegesSnapshot,
     ReconcileInput,
     RevokeInput,
     RevokeResult,
@@ -55,9 +60,53 @@ from rolecall.pg import (
     grantor_oid,
     owned_objects,
 )
+from rolecall.privileges import snapshot
 from rolecall.rules import check_reason
 
 log = logging.getLogger(__name__)
+
+# Reading the role's privileges for the approvers' card may delay the card this long; past
+# it the card says they could not be read. The grant re-reads them with more time (nobody
+# waits on it, and a snapshot that cannot be compared holds the grant).
+CHECK_PRIVILEGES_BUDGET = 3.0
+GRANT_PRIVILEGES_BUDGET = 10.0
+
+
+async def read_privileges(conn: Conn, inst: Instance, role: str, budget: float) -> tuple[Privileges, float]:
+    """The role's privileges in the instance's own database, within `budget` seconds.
+
+    On the activity's own connection only: reading the cluster's other databases would open
+    more connections than the instance's `max_connections` allows (each check or grant already
+    holds one), so they are listed as not read, and the card says how many.
+    """
+    started = time.monotonic()
+    privs = await asyncio.wait_for(
+        explain(
+            conn,
+            role,
+            connect=None,
+            unsafe_allowed=role in inst.unsafe_allowed,
+            where=f"on instance {inst.name!r}",
+        ),
+        budget,
+    )
+    return privs, time.monotonic() - started
+
+
+async def privileges_snapshot(conn: Conn, inst: Instance, role: str) -> PrivilegesSnapshot:
+    """The card's snapshot, or why it could not be read: never a guess."""
+    try:
+        privs, seconds = await read_privileges(conn, inst, role, CHECK_PRIVILEGES_BUDGET)
+    except TimeoutError:
+        return snapshot.unreadable(f"reading them took longer than {CHECK_PRIVILEGES_BUDGET:g} s")
+    except (psycopg.Error, RolecallError, OSError) as e:
+        return snapshot.unreadable(_first_line(e))
+    return snapshot.snapshot(privs, seconds)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 async def _terminate_sessions(conn: Conn, login: str) -> list[int]:
@@ -170,6 +219,7 @@ class PostgresActivities:
                     f"{db_user!r} already has role {req.role!r} on instance {inst.name!r} "
                     "(directly or through another role)"
                 )
+            privileges = await privileges_snapshot(conn, inst, req.role)
         return CheckResult(
             db_user=db_user,
             duration=req.duration,
@@ -188,6 +238,7 @@ class PostgresActivities:
                 accept_unverified_decisions=inst.accept_unverified_decisions,
                 target=inst.target(),
                 rule=rule,
+                privileges=privileges,
             ),
         )
 
@@ -267,6 +318,7 @@ class PostgresActivities:
                     warnings = await self._assert_grantable(conn, inst, inp.role, inp.db_user, inp.db_user)
                 except BadRequest as e:
                     raise GrantFailed(str(e)) from e
+                await self._assert_no_gain(conn, inst, inp, target)
                 owned = await owned_objects(conn, inp.role)
                 await self._execute_grant(conn, inp, target)
                 row_xmin = await self._row_xmin(conn, inp.role, inp.db_user, target)
@@ -274,6 +326,36 @@ class PostgresActivities:
             return GrantResult(granted=True, owned=owned, warnings=warnings, row_xmin=row_xmin)
         except RolecallError as e:
             raise e.to_application_error() from e
+
+    async def _assert_no_gain(self, conn: Conn, inst: Instance, inp: GrantInput, target: Target) -> None:
+        """Refuse when the role grants more than the approvers were shown.
+
+        Skipped when the card said the privileges could not be read (nothing to compare), and
+        when rolecall's membership row is already there: an earlier attempt of this grant
+        passed this check and its GRANT committed before its answer was lost.
+        """
+        before = inp.privileges
+        if before is None or not before.readable:
+            return
+        if await self._row_xmin(conn, inp.role, inp.db_user, target) is not None:
+            return
+        try:
+            now, _ = await read_privileges(conn, inst, inp.role, GRANT_PRIVILEGES_BUDGET)
+        except TimeoutError as e:
+            raise PrivilegesUnreadable(
+                f"the privileges of {inp.role!r} could not be re-read within "
+                f"{GRANT_PRIVILEGES_BUDGET:g} s to compare them with the approved ones"
+            ) from e
+        except psycopg.Error as e:
+            raise PrivilegesUnreadable(
+                f"the privileges of {inp.role!r} could not be re-read: {_first_line(e)}"
+            ) from e
+        change = snapshot.gained(before, now)
+        if change is not None:
+            raise PrivilegesChanged(
+                f"role {inp.role!r} gained privileges since the request was checked: {change}",
+                snapshot.snapshot(now, 0.0).model_dump(mode="json"),
+            )
 
     async def _execute_grant(self, conn: Conn, inp: GrantInput, target: Target) -> None:
         stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(inp.role), sql.Identifier(inp.db_user))

@@ -67,6 +67,10 @@ class SlackNotifier:
                 await self._put(refs, "grant", await self._dm_channel(s), *kit.grant_message(s))
             elif ev in ("approval_progress", "reviewed"):
                 await self._approval(s, refs, post=False)
+            elif ev == "privileges_changed":
+                await self._approval(s, refs, post=True)
+                await self._requester(s, refs, post=False)
+                await self._held(s, refs, note.detail)
             elif ev == "break_glass":
                 await self._approval(s, refs, post=True)
                 await self._requester(s, refs, post=True)
@@ -202,6 +206,19 @@ class SlackNotifier:
             )
             refs["overdue_thread"] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
             _record_refs(refs)
+
+    async def _held(self, s: RequestStatus, refs: dict[str, MessageRef], detail: str) -> None:
+        """A reply under the card saying what the role gained; once per hold (retries skip it)."""
+        card = refs.get("approval")
+        key = f"held_{sum(1 for w in s.warnings if w.startswith('grant held: '))}"
+        if card is None or key in refs:
+            return
+        text, blocks = kit.privileges_changed_message(s, detail)
+        resp = await self._client.chat_postMessage(
+            channel=card.channel, thread_ts=card.ts, text=text, blocks=blocks, reply_broadcast=True
+        )
+        refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
+        _record_refs(refs)
 
     async def _approval(self, s: RequestStatus, refs: dict[str, MessageRef], post: bool) -> None:
         if "approval" in refs:

@@ -63,6 +63,11 @@ def register(app: AsyncApp, deps: Deps) -> None:
         except RolecallError as e:
             await tell(deps, body, f":no_entry_sign: {e}")
 
+    @app.action(kit.PRIVILEGES)
+    async def on_privileges(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await open_privileges_modal(deps, body)
+
     @app.action(kit.INSTANCE_SELECT)
     async def on_instance_change(ack: Any, body: dict[str, Any]) -> None:
         await ack()
@@ -119,6 +124,16 @@ async def open_deny_modal(deps: Deps, body: dict[str, Any], who: Identity) -> No
         await tell(deps, body, f":no_entry_sign: {why}")
         return
     await deps.web.views_open(trigger_id=body["trigger_id"], view=kit.deny_modal(status))
+
+
+async def open_privileges_modal(deps: Deps, body: dict[str, Any]) -> None:
+    """The card's Details: the grouped list the worker stored in the request (no database read)."""
+    rid = str(body["actions"][0]["value"])
+    status = await status_or_none(deps, rid)
+    if status is None:
+        await tell(deps, body, f":no_entry_sign: no request with id {rid!r}")
+        return
+    await deps.web.views_open(trigger_id=body["trigger_id"], view=kit.privileges_modal(status))
 
 
 async def show_instance(deps: Deps, view: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ code, which request field it concerns) is a class attribute, never read from the
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from temporalio.exceptions import ApplicationError
 
@@ -101,6 +101,28 @@ class GrantFailed(RolecallError):
     """PostgreSQL refused the grant for a reason retrying will not fix."""
 
 
+class PrivilegesChanged(GrantFailed):
+    """The role gained privileges between the request's check and its grant: not granted.
+
+    The approvers approved what the card showed; the workflow asks them again. The activity
+    attaches the new snapshot (`snapshot`) as the error's details, the next baseline.
+    """
+
+    def __init__(self, message: str, snapshot: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
+
+    def to_application_error(self) -> ApplicationError:
+        details = [self.snapshot] if self.snapshot is not None else []
+        return ApplicationError(str(self), *details, type=type(self).__name__, non_retryable=True)
+
+
+class PrivilegesUnreadable(RolecallError):
+    """The grant could not re-read the role's privileges to compare them: retried, never guessed."""
+
+    retryable = True
+
+
 class InstanceUnavailable(RolecallError):
     """PostgreSQL could not be reached; retried by Temporal."""
 
@@ -130,6 +152,8 @@ _ALL: tuple[type[RolecallError], ...] = (
     AlreadyMember,
     ConfigError,
     GrantFailed,
+    PrivilegesChanged,
+    PrivilegesUnreadable,
     InstanceUnavailable,
     RevokeNotVerified,
 )

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rolecall.privileges.model import Privileges
+
 
 class Model(BaseModel):
     # Unknown fields are ignored, never refused: during a rolling deploy a newer Slack app or
@@ -112,6 +114,23 @@ class AppliedRule(Model):
     escalate_to: list[str] = []
 
 
+class PrivilegesSnapshot(Model):
+    """What the role granted when the request was checked: the card's line and the drift baseline.
+
+    Small by construction (see rolecall/privileges/snapshot.py): the whole `Privileges` is kept
+    only while its JSON is under a cap, so that `diff` can name what changed; a larger role
+    keeps only its digest and counts, and any change to it holds the grant.
+    """
+
+    readable: bool = True
+    summary: str = ""  # one line, or "privileges could not be read: <why>"
+    detail: str = ""  # the grouped list, cut to fit a Slack section
+    privileges: Privileges | None = None  # None: too large to keep (or not readable)
+    digest: str = ""  # sha256 of what can be gained (see snapshot.digest)
+    counts: dict[str, int] = {}
+    seconds: float = 0.0  # how long reading it took
+
+
 class Policy(Model):
     """The rules that applied to one request, snapshotted by the check activity."""
 
@@ -131,6 +150,8 @@ class Policy(Model):
     # The rule that applied; None in histories from before rules (then: one approval, and
     # auto-approval on call exactly when PagerDuty was enabled).
     rule: AppliedRule | None = None
+    # The role's privileges at check time; None in histories from before the snapshot.
+    privileges: PrivilegesSnapshot | None = None
 
 
 class CheckResult(Model):
@@ -241,6 +262,8 @@ class GrantInput(Model):
     role: str
     db_user: str
     target: Target | None = None
+    # What the approvers were shown; the grant refuses when the role has gained since.
+    privileges: PrivilegesSnapshot | None = None
 
 
 class PrepareResult(Model):
@@ -332,6 +355,10 @@ class RequestStatus(Model):
     # Objects the lent role came to own while it was lent (found at revoke): they outlive the
     # membership, so approvers are told. rolecall never drops them.
     new_objects: list[str] = []
+    # What the role grants (the card's line, the Details modal): from the check, or from the
+    # grant's re-read when the role gained privileges before it was granted.
+    privileges_summary: str = ""
+    privileges_detail: str = ""
 
 
 NotificationEvent = Literal[
@@ -357,6 +384,7 @@ NotificationEvent = Literal[
     "extension_denied",
     "reminder",  # a pending request (or extension) still waits: a threaded reply
     "escalated",  # posted to escalate_to with working buttons
+    "privileges_changed",  # the role gained privileges before the grant: approve again
 ]
 
 

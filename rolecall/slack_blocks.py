@@ -27,6 +27,7 @@ REVIEW = "rolecall_review"
 EXTEND = "rolecall_extend"
 APPROVE_EXTENSION = "rolecall_extend_approve"
 DENY_EXTENSION = "rolecall_extend_deny"
+PRIVILEGES = "rolecall_privileges"  # the card's Details button: the role's grouped privileges
 INSTANCE_SELECT = "rolecall_instance"
 ROLE_SELECT = "rolecall_role"  # the role picker when it is a type-ahead (external_select)
 HOME_MORE = "rolecall_home_more"  # App Home: the next page of requests waiting for you
@@ -132,6 +133,13 @@ def _fields(status: RequestStatus) -> Block:
         mrkdwn(f"*Reason*\n{escape(status.reason) or '_none given_'}", 2000),
     ]
     return {"type": "section", "fields": fields}
+
+
+def _privileges(status: RequestStatus) -> list[Block]:
+    """The role's privileges in one line (read when the request was checked, or at the grant)."""
+    if not status.privileges_summary:
+        return []
+    return [context(f":mag: *Privileges:* {escape(status.privileges_summary)}")]
 
 
 def _warnings(status: RequestStatus) -> list[Block]:
@@ -240,6 +248,7 @@ def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
             f"{head} from {who(s)}: role `{escape(s.role)}` on `{escape(s.instance)}` for *{duration_of(s)}*"
         ),
         _fields(s),
+        *_privileges(s),
         *_warnings(s),
         *_rule_lines(s),
     ]
@@ -253,6 +262,7 @@ def approver_message(status: RequestStatus) -> tuple[str, list[Block]]:
                 "elements": [
                     button("Approve", APPROVE, s.id, "primary"),
                     button("Deny", DENY, s.id, "danger"),
+                    *([button("Details", PRIVILEGES, s.id)] if s.privileges_detail else []),
                 ],
             }
         )
@@ -655,6 +665,37 @@ def deny_modal(status: RequestStatus) -> dict[str, Any]:
             },
         ],
     }
+
+
+def privileges_modal(status: RequestStatus) -> dict[str, Any]:
+    """The Details modal: what the role grants, as snapshotted by the worker.
+
+    The Slack app holds no database credentials: this shows the grouped list the check (or
+    the grant's re-read) stored in the request, already cut to fit one section.
+    """
+    s = status
+    detail = s.privileges_detail or "The privileges of this role were not read."
+    return {
+        "type": "modal",
+        "title": plain("Role privileges", 24),
+        "close": plain("Close", 24),
+        "blocks": [
+            section(f"What `{escape(s.role)}` on `{escape(s.instance)}` grants a member:"),
+            section("```" + escape(detail) + "```"),
+            context(f"Read by rolecall for request `{escape(s.id)}`; `rolecall explain` lists all."),
+        ],
+    }
+
+
+def privileges_changed_message(status: RequestStatus, detail: str) -> tuple[str, list[Block]]:
+    """The reply under the card when the role gained privileges before the grant."""
+    s = status
+    text = f"Grant held: {s.role} on {s.instance} gained privileges; approve again to grant"
+    line = (
+        f":warning: *Grant held, nothing was granted.* {escape(detail)}\n"
+        f"The approvals were cleared: approve again on the card to grant what it shows now."
+    )
+    return text, [section(line)]
 
 
 def help_blocks(command: str) -> tuple[str, list[Block]]:

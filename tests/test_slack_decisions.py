@@ -40,7 +40,7 @@ async def test_non_approver_and_self_approval_change_nothing(make_stack, roles: 
         status = await w.stack.status(rid)
         assert status.state == RequestState.PENDING and status.decided_by is None
         assert status.refused == []  # refused by the handler, so no signal was even sent
-        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY]
+        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY, kit.PRIVILEGES]
         assert not pg.is_member(w.login, w.role)
 
 

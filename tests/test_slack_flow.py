@@ -63,7 +63,7 @@ async def test_request_approve_grant_relinquish(make_stack, roles: Roles, pg) ->
         # The approvers' channel gets Approve / Deny; the requester a DM with Cancel.
         await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 15, "the approvers' message")
         msg = approval_message(w)
-        assert action_ids(msg) == [kit.APPROVE, kit.DENY]
+        assert action_ids(msg) == [kit.APPROVE, kit.DENY, kit.PRIVILEGES]
         body = text_of(msg)
         assert w.role in body and "pg" in body and "1h" in body and "INC-42 &lt;check&gt; &amp; fix" in body
         assert f"<@{ALICE}>" in body

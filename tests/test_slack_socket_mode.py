@@ -157,7 +157,7 @@ async def test_socket_mode_request_approve_grant(make_stack, roles: Roles, pg, t
             assert status.reason == "INC-7 over Socket Mode"
             await eventually(lambda: len(w.posts(APPROVERS_CHANNEL)) == 1, 10, "the approvers' message")
             msg = w.posts(APPROVERS_CHANNEL)[0]
-            assert action_ids(msg) == [kit.APPROVE, kit.DENY]
+            assert action_ids(msg) == [kit.APPROVE, kit.DENY, kit.PRIVILEGES]
 
             # The approver clicks Approve: acked, granted, the membership is in PostgreSQL.
             r = await driver.click(DBA, kit.APPROVE, rid, channel=APPROVERS_CHANNEL, ts=msg["ts"])

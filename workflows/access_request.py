@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         Origin,
         Policy,
         PrepareResult,
+        PrivilegesSnapshot,
         RefusedSignal,
         RequestState,
         RequestStatus,
@@ -92,6 +93,14 @@ def failure_reason(err: BaseException) -> tuple[str, str | None]:
     if isinstance(cause, TimeoutError):
         return "timed out (is the database reachable?)", "Timeout"
     return str(cause), None
+
+
+def _error_details(err: BaseException) -> list[Any]:
+    """The details an activity's ApplicationError carried (decoded as plain JSON)."""
+    cause: BaseException | None = err
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    return list(cause.details) if isinstance(cause, ApplicationError) else []
 
 
 def _cancelled(err: ActivityError) -> bool:
@@ -163,6 +172,9 @@ class AccessRequestWorkflow:
         s.approver_channel = policy.slack_channel
         s.allow_self_approval = policy.allow_self_approval
         s.accept_unverified_decisions = policy.accept_unverified_decisions
+        if policy.privileges is not None:
+            s.privileges_summary = policy.privileges.summary
+            s.privileges_detail = policy.privileges.detail
         if policy.rule is not None:
             s.rule = policy.rule.name
             s.approvals_required = policy.rule.approvals_required
@@ -219,13 +231,11 @@ class AccessRequestWorkflow:
 
         Both activities wait for their cancellation to complete, and the grant activity lets
         a GRANT in flight finish first: a revoke after a cancel can never run before a late
-        GRANT commits.
+        GRANT commits. When the role gained privileges since the approvers saw it, nothing
+        is granted and they are asked again (`_approve_again`); then the grant runs again.
         """
         s = self._status
         assert s.db_user is not None and s.duration is not None
-        grant = GrantInput(
-            request_id=s.id, instance=s.instance, role=s.role, db_user=s.db_user, target=policy.target
-        )
         options: dict[str, Any] = {
             "heartbeat_timeout": _DB_HEARTBEAT,
             "start_to_close_timeout": timedelta(seconds=30),
@@ -235,37 +245,83 @@ class AccessRequestWorkflow:
             ),
             "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         }
-        grant_attempted = False
-        try:
-            prep: PrepareResult = await workflow.execute_activity_method(
-                PostgresActivities.prepare_grant, grant, **options
+        while True:
+            grant = GrantInput(
+                request_id=s.id,
+                instance=s.instance,
+                role=s.role,
+                db_user=s.db_user,
+                target=policy.target,
+                privileges=policy.privileges,
             )
-            s.pre_existing = prep.pre_existing
-            if prep.pre_existing:
-                self._held_until = None  # rolecall grants nothing, so holds nothing
-                return GrantResult(granted=False, owned=[])
-            grant_attempted = True
-            granted: GrantResult = await workflow.execute_activity_method(
-                PostgresActivities.grant_role, grant, **options
-            )
-            s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
-            return granted
-        except ActivityError as e:
-            if _cancelled(e) and workflow.patched("cancel-during-grant-revokes"):
-                return await self._cancelled_while_granting(policy, grant_attempted)
-            s.error, s.error_type = failure_reason(e)
-            s.error = f"grant failed: {s.error}"
-            if grant_attempted and s.error_type != "GrantFailed":
-                # A GRANT may have committed before its answer was lost: the requester is told
-                # now, and the workflow stays open until a revoke has made sure nothing stays.
-                self._set_state(RequestState.FAILED, f"{s.error}; making sure nothing stays")
-                self._notify("failed")
-                await self._revoke(policy, None)
-                s.revoked_at = workflow.now()
+            grant_attempted = False
+            try:
+                prep: PrepareResult = await workflow.execute_activity_method(
+                    PostgresActivities.prepare_grant, grant, **options
+                )
+                s.pre_existing = prep.pre_existing
+                if prep.pre_existing:
+                    self._held_until = None  # rolecall grants nothing, so holds nothing
+                    return GrantResult(granted=False, owned=[])
+                grant_attempted = True
+                granted: GrantResult = await workflow.execute_activity_method(
+                    PostgresActivities.grant_role, grant, **options
+                )
+                s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
+                return granted
+            except ActivityError as e:
+                if _cancelled(e) and workflow.patched("cancel-during-grant-revokes"):
+                    return await self._cancelled_while_granting(policy, grant_attempted)
+                reason, kind = failure_reason(e)
+                if kind == "PrivilegesChanged" and workflow.patched("privileges-drift"):
+                    finished = await self._approve_again(policy, reason, _error_details(e))
+                    if finished is not None:
+                        return finished
+                    continue
+                s.error, s.error_type = f"grant failed: {reason}", kind
+                if grant_attempted and kind not in ("GrantFailed", "PrivilegesChanged"):
+                    # A GRANT may have committed before its answer was lost: the requester is
+                    # told now, and the workflow stays open until a revoke has made sure
+                    # nothing stays.
+                    self._set_state(RequestState.FAILED, f"{s.error}; making sure nothing stays")
+                    self._notify("failed")
+                    await self._revoke(policy, None)
+                    s.revoked_at = workflow.now()
+                    self._held_until = None
+                    return await self._finish(RequestState.FAILED, None)
                 self._held_until = None
-                return await self._finish(RequestState.FAILED, None)
-            self._held_until = None
-            return await self._finish(RequestState.FAILED, "failed")
+                return await self._finish(RequestState.FAILED, "failed")
+
+    async def _approve_again(self, policy: Policy, why: str, details: list[Any]) -> RequestStatus | None:
+        """The role gained privileges before the grant (none was made): ask the approvers again.
+
+        Their approvals were for what the card showed, so they are cleared and the request
+        waits for new ones as it did the first time (the full approval timeout). The new
+        snapshot the grant read becomes the card's line and the next grant's baseline.
+        Returns the finished request when it ends without a new approval, else None.
+        """
+        s = self._status
+        if details and isinstance(details[0], dict):
+            policy.privileges = PrivilegesSnapshot.model_validate(details[0])
+            s.privileges_summary = policy.privileges.summary
+            s.privileges_detail = policy.privileges.detail
+        s.warnings = [*s.warnings, f"grant held: {why}"]
+        s.approvals = []
+        s.decided_by, s.decided_at, s.decided_via, s.decision_reason = None, None, "", ""
+        self._decision = None
+        self._held_until = None  # the grant refused before its GRANT: nothing is held
+        self._set_state(RequestState.PENDING, "the role gained privileges: waiting for a new approval")
+        self._notify("privileges_changed", why)
+        if not await self._wait_for_decision(policy):
+            s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
+            return await self._finish(RequestState.TIMED_OUT, "timed_out")
+        if self._decision == "deny":
+            return await self._finish(RequestState.DENIED, "denied")
+        if self._decision == "cancel":
+            return await self._finish(RequestState.CANCELLED, "cancelled")
+        self._may_hold(policy)
+        self._set_state(RequestState.APPROVED, f"approved again by {s.decided_by}, granting")
+        return None
 
     async def _cancelled_while_granting(self, policy: Policy, grant_attempted: bool) -> RequestStatus:
         s = self._status

@@ -108,7 +108,7 @@ async def test_unsigned_slack_app_is_refused_where_only_verified_decisions_count
         status = await w.stack.status(rid)
         assert status.state == RequestState.PENDING and status.decided_by is None
         assert status.refused == [] and status.approvals == []  # refused before any signal
-        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY]
+        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY, kit.PRIVILEGES]
         assert not pg.is_member(w.login, w.role)
 
 

@@ -60,7 +60,7 @@ async def test_two_of_three_approvals_by_clicks(make_stack, roles: Roles, pg) ->
             "dba@example.com"
         ]
         assert status.approvals[0].via == "slack (verified)"
-        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY]
+        assert action_ids(w.posts(APPROVERS_CHANNEL)[0]) == [kit.APPROVE, kit.DENY, kit.PRIVILEGES]
         assert not pg.is_member(w.login, w.role)
 
         # The same approver again: told, nothing counted twice.

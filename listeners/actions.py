@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
@@ -53,6 +54,21 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
         await open_deny_modal(deps, body, me(context))
+
+    @app.action(kit.EXTEND)
+    async def on_extend_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await open_extend_modal(deps, body, me(context))
+
+    @app.action(kit.APPROVE_EXTENSION)
+    async def on_approve_extension(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.APPROVE_EXTENSION)
+
+    @app.action(kit.DENY_EXTENSION)
+    async def on_deny_extension(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), contract.DENY_EXTENSION)
 
     @app.action(kit.HOME_MORE)
     async def on_home_page(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -124,6 +140,34 @@ async def open_deny_modal(deps: Deps, body: dict[str, Any], who: Identity) -> No
         await tell(deps, body, f":no_entry_sign: {why}")
         return
     await deps.web.views_open(trigger_id=body["trigger_id"], view=kit.deny_modal(status))
+
+
+async def open_extend_modal(deps: Deps, body: dict[str, Any], who: Identity) -> None:
+    """Extend: a stale button (the grant ended) or someone else's gets one line, nothing opens."""
+    rid = str(body["actions"][0]["value"])
+    status = await status_or_none(deps, rid)
+    if status is None:
+        await tell(deps, body, f":no_entry_sign: this access has ended (request {rid})")
+        return
+    if who.email != status.requester:
+        await tell(
+            deps, body, f":no_entry_sign: only the requester ({status.requester}) can extend this access"
+        )
+        return
+    if status.state != RequestState.GRANTED or status.expires_at is None or status.granted_at is None:
+        await tell(
+            deps, body, f":no_entry_sign: only granted access can be extended; this is {status.state.value}"
+        )
+        return
+    inst = deps.config.get().instances.get(status.instance)
+    rule = inst.rule_for(status.role, deps.config.get().pagerduty) if inst else None
+    cap = (rule.max_total_duration or rule.max_duration) if rule else timedelta(0)
+    left = status.granted_at + cap - status.expires_at
+    if left <= timedelta(0):
+        await tell(deps, body, ":no_entry_sign: this access already lasts as long as it may in all")
+        return
+    required = bool(rule and (rule.require_reason or rule.reason_pattern))
+    await deps.web.views_open(trigger_id=body["trigger_id"], view=kit.extend_modal(status, left, required))
 
 
 async def open_privileges_modal(deps: Deps, body: dict[str, Any]) -> None:

@@ -39,6 +39,21 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def on_request_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await submit_request(deps, ack, body, context)
 
+    @app.view(kit.EXTEND_MODAL)
+    async def on_extend_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        rid = str(body["view"]["private_metadata"])
+        values = body["view"]["state"]["values"]
+        reason = value(values, kit.B_EXTEND_REASON).strip()
+        try:
+            by = parse_duration(value(values, kit.B_EXTEND_BY))
+            signed = decision(deps, me(context), rid, "extend", reason)
+            answer = await operations.extend(deps.temporal, rid, signed, by)
+        except (RolecallError, ValueError) as e:
+            await ack(response_action="errors", errors={kit.B_EXTEND_BY: str(e)})
+            return
+        await ack()
+        log.info("extension of %s: %s", rid, answer.message)
+
     @app.view(kit.DENY_MODAL)
     async def on_deny_submit(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         rid = str(body["view"]["private_metadata"])

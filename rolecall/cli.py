@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--state")
     ls.add_argument("--requester")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--page-size", type=int, help="page through all requests, this many at a time")
+    ls.add_argument("--page", help="the page token a previous --page-size listing printed")
 
     sub.add_parser("worker", help="run the Temporal worker")
 
@@ -251,6 +253,25 @@ async def _run(args: argparse.Namespace) -> int:
 
         since, until = audit.parse_window(args.since, args.until)
         await audit.export(client, since, until, args.format, sys.stdout)
+        return 0
+    if args.command == "list" and (args.page_size or args.page):
+        page = await operations.page_requests(
+            client,
+            states=[args.state] if args.state else None,
+            requester=args.requester,
+            page_size=max(1, min(args.page_size or 25, 1000)),
+            page=args.page,
+        )
+        if args.json:
+            print(page.model_dump_json(indent=2))
+            return 0
+        for item in page.rows:
+            print(f"{item.state:12} {item.started:%Y-%m-%dT%H:%M:%S}  {item.requester:28} "
+                  f"{item.instance}/{item.role}  {item.id}")  # fmt: skip
+        print(
+            f"{len(page.rows)} of {page.total}"
+            + (f"; next page: --page {page.next_page}" if page.next_page else "")
+        )
         return 0
     if args.command == "list":
         rows = await operations.list_requests(client, args.state, args.requester)

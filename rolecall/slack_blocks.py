@@ -27,6 +27,9 @@ REVIEW = "rolecall_review"
 EXTEND = "rolecall_extend"
 APPROVE_EXTENSION = "rolecall_extend_approve"
 DENY_EXTENSION = "rolecall_extend_deny"
+EXTEND_MODAL = "rolecall_extend_modal"
+B_EXTEND_BY = "extend_by"
+B_EXTEND_REASON = "extend_reason"
 PRIVILEGES = "rolecall_privileges"  # the card's Details button: the role's grouped privileges
 INSTANCE_SELECT = "rolecall_instance"
 ROLE_SELECT = "rolecall_role"  # the role picker when it is a type-ahead (external_select)
@@ -662,6 +665,50 @@ def deny_modal(status: RequestStatus) -> dict[str, Any]:
                     "multiline": True,
                     "max_length": 500,
                 },
+            },
+        ],
+    }
+
+
+def extension_choices(status: RequestStatus, left: timedelta) -> list[timedelta]:
+    """How much longer: the usual steps, capped by what is left of the maximum."""
+    steps = [timedelta(minutes=m) for m in (15, 30, 60, 120, 240, 480)]
+    return [d for d in steps if d <= left] or ([left] if left > timedelta(0) else [])
+
+
+def extend_modal(status: RequestStatus, left: timedelta, reason_required: bool) -> dict[str, Any]:
+    """Extend: how much longer (capped by what is left) and a reason, required where the rule says."""
+    options = [option(format_duration(d), format_duration(d)) for d in extension_choices(status, left)]
+    return {
+        "type": "modal",
+        "callback_id": EXTEND_MODAL,
+        "title": plain("Extend access", 24),
+        "submit": plain("Extend", 24),
+        "close": plain("Back", 24),
+        "private_metadata": status.id,
+        "blocks": [
+            section(
+                f"More time on `{escape(status.role)}` on `{escape(status.instance)}` "
+                f"(now until {slack_date(status.expires_at) if status.expires_at else '?'}; "
+                f"at most {format_duration(left)} more)"
+            ),
+            {
+                "type": "input",
+                "block_id": B_EXTEND_BY,
+                "label": plain("How much longer"),
+                "element": {
+                    "type": "static_select",
+                    "action_id": "value",
+                    "options": options,
+                    "initial_option": options[0],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": B_EXTEND_REASON,
+                "optional": not reason_required,
+                "label": plain("Reason"),
+                "element": {"type": "plain_text_input", "action_id": "value", "max_length": 500},
             },
         ],
     }

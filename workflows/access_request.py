@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.pagerduty import PagerDutyActivities
     from activities.postgres import PostgresActivities
     from rolecall.durations import format_duration
-    from rolecall.errors import NON_RETRYABLE
+    from rolecall.errors import NON_RETRYABLE, RolecallError
     from rolecall.metrics import observe
     from rolecall.models import (
         AccessRequest,
@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyDecision,
     )
     from rolecall.policy import label, refusal
+    from rolecall.rules import check_reason
     from rolecall.temporal import (
         APPROVERS,
         AUTO_APPROVED,
@@ -482,6 +483,10 @@ class AccessRequestWorkflow:
             return "the extension must be a positive duration"
         if self._pending_extension() is not None:
             return "an extension is already waiting for the approvers"
+        try:
+            check_reason(rule, ask.decision.reason, False)
+        except RolecallError as e:
+            return f"extension: {e}"
         done = [e for e in s.extensions if e.state == "approved"]
         if len(done) >= rule.max_extensions:
             return f"this access was already extended {len(done)} times (the most rule {rule.name} allows)"
@@ -627,16 +632,20 @@ class AccessRequestWorkflow:
         s.decided_by = by
         s.decided_at = workflow.now()
         s.decision_reason = s.on_call_detail
-        if asked > policy.auto_approve_max:
-            s.duration = policy.auto_approve_max
-            s.warnings = [
-                *s.warnings,
-                f"auto-approved access is capped at {format_duration(policy.auto_approve_max)}"
-                f" (asked for {format_duration(asked)})",
-            ]
+        self._cap(asked, policy.auto_approve_max, "auto-approved")
         self._decision = "approve"
         self._may_hold(policy)
         self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+
+    def _cap(self, asked: timedelta, limit: timedelta, what: str) -> None:
+        """Access granted without a person's approval lasts at most `limit`; say so when it cuts."""
+        s = self._status
+        if asked > limit:
+            s.duration = limit
+            s.warnings = [
+                *s.warnings,
+                f"{what} access is capped at {format_duration(limit)} (asked for {format_duration(asked)})",
+            ]
 
     def _break_glass(self, policy: Policy, asked: timedelta) -> None:
         """Emergency access: granted at once for at most break_glass_max, reviewed afterwards."""
@@ -646,13 +655,7 @@ class AccessRequestWorkflow:
         s.decided_at = workflow.now()
         s.decided_via = "break-glass"
         s.decision_reason = s.reason
-        if asked > rule.break_glass_max:
-            s.duration = rule.break_glass_max
-            s.warnings = [
-                *s.warnings,
-                f"break-glass access is capped at {format_duration(rule.break_glass_max)}"
-                f" (asked for {format_duration(asked)})",
-            ]
+        self._cap(asked, rule.break_glass_max, "break-glass")
         self._decision = "approve"
         self._may_hold(policy)
         self._set_state(RequestState.APPROVED, "break-glass: granted at once, to be reviewed")
@@ -813,7 +816,7 @@ class AccessRequestWorkflow:
         workflow.set_current_details(
             f"**{state.value}**: {details}\n\n"
             f"requester `{s.requester}` (login `{s.db_user or '?'}`), role `{s.role}` "
-            f"on `{s.instance}`"
+            f"on `{s.instance}`, rule `{s.rule}`" + (" (break-glass)" if s.break_glass else "")
         )
 
     def _notify(self, event: NotificationEvent, detail: str = "", recipient: str | None = None) -> None:

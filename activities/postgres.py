@@ -80,16 +80,23 @@ async def read_privileges(conn: Conn, inst: Instance, role: str, budget: float) 
     holds one), so they are listed as not read, and the card says how many.
     """
     started = time.monotonic()
-    privs = await asyncio.wait_for(
-        explain(
+    # The server enforces the budget (per statement): a client-side timeout would send a
+    # cancel request on a connection of its own, past the instance's connection budget.
+    await conn.execute(
+        sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{max(1, int(budget * 1000))}ms"))
+    )
+    try:
+        privs = await explain(
             conn,
             role,
             connect=None,
             unsafe_allowed=role in inst.unsafe_allowed,
             where=f"on instance {inst.name!r}",
-        ),
-        budget,
-    )
+        )
+    except psycopg.errors.QueryCanceled as e:
+        raise TimeoutError(f"reading the privileges took over {budget:g}s") from e
+    finally:
+        await conn.execute("RESET statement_timeout")  # back to the session's own setting
     return privs, time.monotonic() - started
 
 

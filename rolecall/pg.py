@@ -82,8 +82,11 @@ async def open_dsn(dsn: str, *, connect_timeout: int, application_name: str, opt
 
 
 async def _open(target: Target, dsn: str, application_name: str) -> Conn:
+    # No parallel workers for rolecall's catalog reads: on a primary they would be backends
+    # beyond the connection budget, taken from the application's share of parallelism.
     options = (
         f"-c lock_timeout={_ms(target.lock_timeout)} -c statement_timeout={_ms(target.statement_timeout)}"
+        " -c max_parallel_workers_per_gather=0"
     )
     try:
         return await open_dsn(
@@ -120,7 +123,7 @@ async def connect(
     Every session sets lock_timeout and statement_timeout (a REVOKE that waits on a lock fails
     and is retried instead of queueing behind it on a production primary), and a process holds
     at most `max_connections` per instance, in use or idle: a mass expiry queues here, not on
-    the server, and reuses its connections. A connection that saw an error is never reused.
+    the server, and reuses its connections; a broken or mid-statement one is never reused.
     """
     dsn = dsn_of(target)
     if dbname:
@@ -142,13 +145,14 @@ async def connect(
         conn = await _reusable(slots) or await _open(target, dsn, application_name)
         try:
             yield conn
-        except BaseException:
-            await conn.close()
-            raise
-        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.close()
-        else:
-            slots.idle.append((time.monotonic(), conn))
+        finally:
+            # A failed statement (autocommit) leaves the session idle and reusable; only a
+            # broken one, or one left mid-statement (cancelled), is closed. Closing and opening
+            # again would briefly show one backend more than the budget on the server.
+            if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.close()
+            else:
+                slots.idle.append((time.monotonic(), conn))
 
 
 async def close_idle() -> None:

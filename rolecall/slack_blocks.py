@@ -501,6 +501,39 @@ def offers_break_glass(inst: Instance) -> bool:
     return bool(inst.break_glass) or any(r.break_glass for r in inst.rules)
 
 
+def _role_block(selected: Instance, roles: list[str]) -> Block:
+    """A plain select up to MAX_OPTIONS roles, a type-ahead past that, a warning for none."""
+    if len(roles) > MAX_OPTIONS:
+        return {
+            "type": "input",
+            "block_id": B_ROLE,
+            "label": plain("Role name"),
+            "element": {
+                "type": "external_select",
+                "action_id": ROLE_SELECT,
+                "min_query_length": 1,
+                "placeholder": plain("Type part of a role name"),
+            },
+            "hint": plain(f"{len(roles)} roles on this instance: type to find yours."),
+        }
+    if roles:
+        return {
+            "type": "input",
+            "block_id": B_ROLE,
+            "label": plain("Role name"),
+            "element": {
+                "type": "static_select",
+                "action_id": "value",
+                "placeholder": plain("Choose a role"),
+                "options": [option(r, r) for r in roles],
+            },
+        }
+    return section(
+        f":warning: No requestable role exists on `{escape(selected.name)}` right now "
+        "(or the instance could not be reached). Pick another instance or ask a DBA."
+    )
+
+
 def request_modal(
     instances: list[Instance],
     selected: Instance,
@@ -548,42 +581,7 @@ def request_modal(
             },
         },
     ]
-    if len(roles) > MAX_OPTIONS:
-        blocks.append(
-            {
-                "type": "input",
-                "block_id": B_ROLE,
-                "label": plain("Role name"),
-                "element": {
-                    "type": "external_select",
-                    "action_id": ROLE_SELECT,
-                    "min_query_length": 1,
-                    "placeholder": plain("Type part of a role name"),
-                },
-                "hint": plain(f"{len(roles)} roles on this instance: type to find yours."),
-            }
-        )
-    elif roles:
-        blocks.append(
-            {
-                "type": "input",
-                "block_id": B_ROLE,
-                "label": plain("Role name"),
-                "element": {
-                    "type": "static_select",
-                    "action_id": "value",
-                    "placeholder": plain("Choose a role"),
-                    "options": [option(r, r) for r in roles],
-                },
-            }
-        )
-    else:
-        blocks.append(
-            section(
-                f":warning: No requestable role exists on `{escape(selected.name)}` right now "
-                "(or the instance could not be reached). Pick another instance or ask a DBA."
-            )
-        )
+    blocks.append(_role_block(selected, roles))
     durations = duration_choices(selected)
     blocks += [
         {

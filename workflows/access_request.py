@@ -208,10 +208,8 @@ class AccessRequestWorkflow:
                 s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
                 return await self._finish(RequestState.TIMED_OUT, "timed_out")
 
-        if self._decision == "deny":
-            return await self._finish(RequestState.DENIED, "denied")
-        if self._decision == "cancel":
-            return await self._finish(RequestState.CANCELLED, "cancelled")
+        if (ended := await self._ended_by_decision()) is not None:
+            return ended
         if not s.auto_approved:
             self._may_hold(policy)
             self._set_state(RequestState.APPROVED, f"approved by {s.decided_by}, granting")
@@ -316,10 +314,8 @@ class AccessRequestWorkflow:
         if not await self._wait_for_decision(policy):
             s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
             return await self._finish(RequestState.TIMED_OUT, "timed_out")
-        if self._decision == "deny":
-            return await self._finish(RequestState.DENIED, "denied")
-        if self._decision == "cancel":
-            return await self._finish(RequestState.CANCELLED, "cancelled")
+        if (ended := await self._ended_by_decision()) is not None:
+            return ended
         self._may_hold(policy)
         self._set_state(RequestState.APPROVED, f"approved again by {s.decided_by}, granting")
         return None
@@ -636,6 +632,14 @@ class AccessRequestWorkflow:
         self._decision = "approve"
         self._may_hold(policy)
         self._set_state(RequestState.APPROVED, "auto-approved: requester is on call")
+
+    async def _ended_by_decision(self) -> RequestStatus | None:
+        """The finished request when the decision was a deny or a cancel, else None."""
+        if self._decision == "deny":
+            return await self._finish(RequestState.DENIED, "denied")
+        if self._decision == "cancel":
+            return await self._finish(RequestState.CANCELLED, "cancelled")
+        return None
 
     def _cap(self, asked: timedelta, limit: timedelta, what: str) -> None:
         """Access granted without a person's approval lasts at most `limit`; say so when it cuts."""

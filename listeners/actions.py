@@ -29,26 +29,28 @@ from rolecall.slack_identity import Identity
 CONFIRM_WAIT = 3.0
 
 
+# Buttons that are one decision each: (action id, signal, reason recorded with it).
+_DECISION_BUTTONS = [
+    (kit.APPROVE, contract.APPROVE, ""),
+    (kit.CANCEL, contract.CANCEL, ""),
+    (kit.RELINQUISH, contract.RELINQUISH, "relinquished in Slack"),
+    (kit.REVIEW, contract.REVIEW, "reviewed in Slack"),
+    (kit.APPROVE_EXTENSION, contract.APPROVE_EXTENSION, ""),
+    (kit.DENY_EXTENSION, contract.DENY_EXTENSION, ""),
+]
+
+
+def _decision_listener(deps: Deps, signal: str, reason: str) -> Any:
+    async def on_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()
+        await decide(deps, body, me(context), signal, reason=reason)
+
+    return on_click
+
+
 def register(app: AsyncApp, deps: Deps) -> None:
-    @app.action(kit.APPROVE)
-    async def on_approve(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.APPROVE)
-
-    @app.action(kit.CANCEL)
-    async def on_cancel(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.CANCEL)
-
-    @app.action(kit.RELINQUISH)
-    async def on_relinquish(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.RELINQUISH, reason="relinquished in Slack")
-
-    @app.action(kit.REVIEW)
-    async def on_review(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.REVIEW, reason="reviewed in Slack")
+    for action_id, signal, reason in _DECISION_BUTTONS:
+        app.action(action_id)(_decision_listener(deps, signal, reason))
 
     @app.action(kit.DENY)
     async def on_deny_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -59,16 +61,6 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def on_extend_click(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
         await open_extend_modal(deps, body, me(context))
-
-    @app.action(kit.APPROVE_EXTENSION)
-    async def on_approve_extension(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.APPROVE_EXTENSION)
-
-    @app.action(kit.DENY_EXTENSION)
-    async def on_deny_extension(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
-        await ack()
-        await decide(deps, body, me(context), contract.DENY_EXTENSION)
 
     @app.action(kit.HOME_MORE)
     async def on_home_page(ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:

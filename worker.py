@@ -16,14 +16,21 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    UnsandboxedWorkflowRunner,
+    Worker,
+)
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.decisions import DecisionActivities
 from activities.notify import Notifier, NotifyActivities, no_approver_groups, no_group_membership
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from activities.temporal import TemporalActivities
-from rolecall.config import GRACEFUL_SHUTDOWN, ConfigStore, Settings, load_settings
+from rolecall.config import GRACEFUL_SHUTDOWN, WORKFLOW_CACHE, ConfigStore, Settings, load_settings
 from rolecall.durations import format_duration
 from rolecall.errors import ConfigError
 from rolecall.logs import setup_logging
@@ -95,6 +102,8 @@ def build_worker(
     graceful_shutdown: timedelta = GRACEFUL_SHUTDOWN,
     interceptors: Sequence[Interceptor] = (),
     decision_key: bytes | None = None,
+    max_cached_workflows: int = WORKFLOW_CACHE,
+    workflow_sandbox: bool = True,
 ) -> Worker:
     """The worker with every workflow and activity registered; tests build theirs here too.
 
@@ -102,6 +111,10 @@ def build_worker(
     At shutdown the worker stops polling at once and gives the activities it is running
     `graceful_shutdown` to finish (their heartbeats keep flowing meanwhile); only then are
     they cancelled, and Temporal retries them on another worker.
+
+    Without the sandbox, workflow code runs as plain Python: each cached workflow no longer
+    re-imports its module, which is most of what it holds (bench/README.md). Determinism is
+    then guarded by the tests, which always run the sandbox, and by the replay test.
     """
     postgres = PostgresActivities(config)
     pagerduty = PagerDutyActivities(config)
@@ -121,6 +134,8 @@ def build_worker(
         task_queue=task_queue,
         interceptors=[MetricsInterceptor(), *interceptors],
         graceful_shutdown_timeout=graceful_shutdown,
+        max_cached_workflows=max_cached_workflows,
+        workflow_runner=SandboxedWorkflowRunner() if workflow_sandbox else UnsandboxedWorkflowRunner(),
         workflows=[AccessRequestWorkflow, ReconcileWorkflow, CatalogWorkflow],
         activities=[
             decisions.verify_decision,
@@ -168,6 +183,8 @@ async def run(settings: Settings | None = None) -> None:
         graceful_shutdown=settings.graceful_shutdown,
         decision_key=settings.decision_key.get_secret_value().encode() if settings.decision_key else None,
         interceptors=[in_flight],
+        max_cached_workflows=settings.max_cached_workflows,
+        workflow_sandbox=settings.workflow_sandbox,
     )
     await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
     stop = asyncio.Event()

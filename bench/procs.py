@@ -43,6 +43,36 @@ def serve_fake_slack(users_file: str, port_file: str) -> int:
     return 0
 
 
+def trace_memory(name: str) -> None:
+    """With BENCH_TRACEMALLOC (a directory): SIGUSR1 starts tracing allocations, the next writes them.
+
+    For --tracemalloc: what each open workflow holds, by the line that allocated it, taken from
+    the worker itself. Tracing only the last requests created keeps the worker at speed for
+    the rest (tracing everything slows it until its activities time out).
+    """
+    where = os.environ.get("BENCH_TRACEMALLOC")
+    if not where:
+        return
+    import tracemalloc
+
+    def toggle() -> None:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(1)
+            return
+        skip = [tracemalloc.__file__, "<frozen importlib._bootstrap>"]
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, f) for f in skip])
+        tracemalloc.stop()
+        lines = [f"traced {sum(s.size for s in snapshot.statistics('filename')) / 2**20:.1f} MB"]
+        for kind in ("filename", "lineno"):
+            lines.append(f"-- top by {kind}")
+            lines += [str(stat) for stat in snapshot.statistics(kind)[:40]]
+        tmp = Path(where) / f"{name}.tracemalloc.part"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.rename(Path(where) / f"{name}.tracemalloc.txt")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, toggle)
+
+
 def worker_options() -> dict[str, Any]:
     """An experiment's extra temporalio Worker arguments (--worker-option), for both workers."""
     return dict(json.loads(os.environ.get("BENCH_WORKER_OPTIONS") or "{}"))
@@ -79,11 +109,19 @@ async def bench_worker() -> None:
 
         setattr(worker_module, "Worker", functools.partial(Worker, **options))  # noqa: B010
         print(f"bench worker options: {options}", flush=True)
+    trace_memory("worker")
     settings = Settings()
     config = ConfigStore(os.environ["ROLECALL_CONFIG"])
     client = await connect(settings)
     slack = web_client(TOKEN, base_url=os.environ["BENCH_SLACK_API_URL"])
-    worker = build_worker(client, config, settings.task_queue, slack_client=slack)
+    worker = build_worker(
+        client,
+        config,
+        settings.task_queue,
+        slack_client=slack,
+        max_cached_workflows=settings.max_cached_workflows,
+        workflow_sandbox=settings.workflow_sandbox,
+    )
     with contextlib.suppress(ImportError):  # as `rolecall worker` does, where it exists
         from rolecall.schedules import ensure_reconcile_schedules
 

@@ -123,6 +123,16 @@ async def bench(args: argparse.Namespace) -> int:
         if options:
             stack.env["BENCH_WORKER_OPTIONS"] = json.dumps(options)
             report.note(f"EXPERIMENT: both workers ran with extra Worker arguments {options}")
+        if args.tracemalloc:
+            stack.env["BENCH_TRACEMALLOC"] = str(tmp)
+            report.note("EXPERIMENT: both workers traced their allocations (tracemalloc), which slows them")
+        from rolecall.config import Settings
+
+        tuning = Settings()
+        report.note(
+            f"worker settings (both workers): max_cached_workflows {tuning.max_cached_workflows}, "
+            f"workflow sandbox {'on' if tuning.workflow_sandbox else 'off'}"
+        )
         watcher = Watcher(stack.dsn, 0.01)
         b = Bench(stack, counts, report, watcher, profile=args.profile,
                   product=args.floors != "only", floors=args.floors != "none")  # fmt: skip
@@ -175,6 +185,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         metavar="NAME=INT",
         help="experiment: an extra temporalio Worker argument for both workers, "
         "e.g. max_cached_workflows=250",
+    )
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace what the last open requests allocate; writes bench/tracemalloc-*.txt",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the children's logs in the temp dir")
     p.add_argument("--no-write", action="store_true", help="print the table only")

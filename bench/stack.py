@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,16 +219,25 @@ class Stack:
 
     def persistence(self) -> tuple[float, float]:
         """The dev server's persistence (SQLite) totals so far: (operations, seconds of latency)."""
+        ops, busy, _ = self.persistence_by_operation()
+        return ops, busy
+
+    def persistence_by_operation(self) -> tuple[float, float, Counter[str]]:
+        """The totals, and the operation count by persistence call (CreateWorkflowExecution, ...)."""
         ops = busy = 0.0
+        by: Counter[str] = Counter()
         with contextlib.suppress(OSError):
             url = f"http://127.0.0.1:{self.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=5) as resp:
                 for line in resp.read().decode().splitlines():
                     if line.startswith("persistence_latency_count{"):
-                        ops += float(line.rsplit(" ", 1)[1])
+                        count = float(line.rsplit(" ", 1)[1])
+                        ops += count
+                        op = re.search(r'operation="([^"]*)"', line)
+                        by[op.group(1) if op else "?"] += int(count)
                     elif line.startswith("persistence_latency_sum{"):
                         busy += float(line.rsplit(" ", 1)[1])
-        return ops, busy
+        return ops, busy, by
 
     def role(self, name: str) -> str:
         return f"{self.prefix}r_{name}"

@@ -18,13 +18,12 @@ from typing import Any, Literal, TextIO
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from rolecall import contract
 from rolecall.durations import format_duration
 from rolecall.errors import BadRequest
 from rolecall.models import AccessRequest, Decision, RequestState, RequestStatus
-from rolecall.temporal import STATE
+from rolecall.temporal import DATA_CONVERTER, STATE
 
 Format = Literal["csv", "jsonl"]
 
@@ -185,7 +184,7 @@ def _from_status(s: RequestStatus) -> dict[str, Any]:
 
 async def _from_history(client: Client, wf: WorkflowExecution) -> dict[str, Any]:
     """The request as submitted and the signals received; the state from visibility."""
-    converter = pydantic_data_converter.payload_converter
+    converter = DATA_CONVERTER.payload_converter
     req: AccessRequest | None = None
     signals: list[str] = []
     async for event in client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history_events():

@@ -505,6 +505,9 @@ class Config(_Strict):
             raise UnknownInstance(f"unknown instance {name!r} (configured: {known})") from None
 
 
+WORKFLOW_CACHE = 1000  # temporalio's default; see bench/README.md for the curve
+
+
 class Settings(BaseSettings):
     """Deployment settings from the environment (ROLECALL_*), never from the policy file."""
 
@@ -521,6 +524,10 @@ class Settings(BaseSettings):
     metrics_bind: str | None = None
     log_format: str = "auto"
     graceful_shutdown: Duration = GRACEFUL_SHUTDOWN
+    # Worker tuning (docs/operations.md, bench/README.md "Levers"): how many workflows stay in
+    # memory between their tasks, and whether workflow code runs in temporalio's sandbox.
+    max_cached_workflows: int = Field(default=WORKFLOW_CACHE, ge=0)
+    workflow_sandbox: bool = True
     # Shared by the Slack app (signs decisions) and the worker (verifies them), nobody else.
     decision_key: SecretStr | None = None
     # Whose people may act from Slack; unset: the workspace (and Grid organisation) of the

@@ -27,7 +27,6 @@ import pytest_asyncio
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.testing._timeskipping import TimeSkippingConfig
 
@@ -35,7 +34,7 @@ from rolecall import cli
 from rolecall.config import ConfigStore
 from rolecall.models import RequestState, RequestStatus
 from rolecall.operations import get_status
-from rolecall.temporal import SEARCH_ATTRIBUTES
+from rolecall.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from tests.fake_pagerduty import FakePagerDuty
 from worker import build_worker
 
@@ -154,7 +153,7 @@ async def temporal() -> AsyncIterator[WorkflowEnvironment]:
             "frontend.WorkflowTimeSkippingEnabled=true",
         ],
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     try:
         yield env
@@ -328,7 +327,7 @@ async def make_stack(
                 **extra,
             )
             stack = Stack(
-                client=await Client.connect(temporal_address, data_converter=pydantic_data_converter),
+                client=await Client.connect(temporal_address, data_converter=DATA_CONVERTER),
                 env=temporal,
                 address=temporal_address,
                 task_queue=f"test-{uuid.uuid4().hex}",

@@ -20,14 +20,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from rolecall.config import ConfigStore
 from rolecall.models import AccessRequest, Decision
 from rolecall.operations import decide, extend, get_status, handle, submit
 from rolecall.signing import sign
-from rolecall.temporal import SEARCH_ATTRIBUTES
+from rolecall.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from tests.conftest import DECISION_KEY, temporal_binary
 from worker import build_worker
 
@@ -64,7 +63,7 @@ async def main() -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     client = env.client
     email = f"{login}@example.com"

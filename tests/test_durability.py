@@ -15,11 +15,11 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from rolecall.models import AccessRequest, Decision, RequestState
 from rolecall.operations import handle, submit
+from rolecall.temporal import DATA_CONVERTER
 from tests.conftest import Roles, eventually
 from tests.faults.support import worker_process
 from tests.tcp_proxy import PostgresProxy
@@ -171,7 +171,7 @@ async def test_recorded_histories_replay(make_stack, roles: Roles) -> None:
     await stack.wait_state(rid, RequestState.DENIED)
     fresh = await handle(stack.client, rid).fetch_history()
     histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files] + [fresh]
-    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=DATA_CONVERTER)
     async with replayer.workflow_replay_iterator(_aiter(histories)) as results:
         async for result in results:
             assert result.replay_failure is None, result.replay_failure

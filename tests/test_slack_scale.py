@@ -20,13 +20,12 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.errors import NotFound
 from rolecall.models import AccessRequest, RequestState
-from rolecall.temporal import APPROVERS, INSTANCE, REQUESTER, ROLE, STATE
+from rolecall.temporal import APPROVERS, DATA_CONVERTER, INSTANCE, REQUESTER, ROLE, STATE
 from tests.conftest import Roles, eventually
 from tests.fake_slack import ALICE, World, world_context
 
@@ -159,7 +158,7 @@ async def test_app_home_of_an_approver_of_300_pending_requests(
     approver = f"{roles.prefix}-approver@example.com"
     counter = CountQueries()
     slack_temporal = await Client.connect(
-        temporal_address, data_converter=pydantic_data_converter, interceptors=[counter]
+        temporal_address, data_converter=DATA_CONVERTER, interceptors=[counter]
     )
     async with world_context(make_stack, roles, approvers=[approver], slack_temporal=slack_temporal) as w:
         w.fake.add_user("UAPPROVER", approver, "Ada Approver")

@@ -54,6 +54,7 @@ class Loop:
     last_id: str = ""
     drained: float = 0.0
     ops: float = 0.0  # dev server persistence operations during the window
+    by_operation: Counter[str] = field(default_factory=Counter)
     busy: float = 0.0  # and the sum of their latencies
     cpu: str = ""
     wall: float = 0.0
@@ -90,10 +91,11 @@ async def closed_loop(b: Bench, cycle: Cycle, names: list[str]) -> Loop:
                 loop.done.append(end)
                 loop.cycle_times.append(end - started)
 
-    ops0, busy0 = await asyncio.to_thread(stack.persistence)
+    ops0, busy0, by0 = await asyncio.to_thread(stack.persistence_by_operation)
     with CpuMeter(stack) as cpu:
         await asyncio.gather(*(client(k) for k in range(counts.lifecycle_concurrency)))
-    ops1, busy1 = await asyncio.to_thread(stack.persistence)
+    ops1, busy1, by1 = await asyncio.to_thread(stack.persistence_by_operation)
+    loop.by_operation = by1 - by0
     loop.drained = time.monotonic() - stop_at
     loop.ops, loop.busy, loop.cpu, loop.wall = ops1 - ops0, busy1 - busy0, cpu.describe(), cpu.wall
     return loop
@@ -186,6 +188,11 @@ async def describe(b: Bench, loop: Loop, label: str, names: list[str]) -> None:
         f"{label}: Temporal dev server persistence (SQLite) did {loop.ops / loop.wall:.0f} operations/s, "
         f"{loop.ops / max(len(loop.done), 1):.0f} per completed cycle; their latencies sum to "
         f"{loop.busy / loop.wall:.2f} s per second; one lifecycle's history: {events}"
+    )
+    cycles = max(len(loop.done), 1)
+    b.report.note(
+        f"{label}: persistence operations per cycle: "
+        + ", ".join(f"{op} {n / cycles:.1f}" for op, n in loop.by_operation.most_common(8))
     )
     b.report.note(
         f"{label}: median phase times: "

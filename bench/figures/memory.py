@@ -10,21 +10,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from bench import product
-from bench.common import APPROVER_EMAIL, FLOOR_TASK_QUEUE, bounded, errors_of, ratio, rss_mb, say
+from bench.common import (
+    APPROVER_EMAIL,
+    BENCH,
+    FLOOR_TASK_QUEUE,
+    bounded,
+    errors_of,
+    python_child,
+    ratio,
+    rss_mb,
+    say,
+)
 from bench.context import Bench
 from bench.report import FloorRow, Row
 from bench.stack import Child
 
 BATCH = 1000
+
+
+TRACED = 200  # with --tracemalloc, the last requests (or minimal workflows) created are traced
+
+
+def _trace(b: Bench, worker: Child) -> bool:
+    """With --tracemalloc: start (or, the second time, write out) the worker's allocation trace."""
+    if not b.stack.env.get("BENCH_TRACEMALLOC"):
+        return False
+    os.kill(python_child(worker.proc.pid), signal.SIGUSR1)
+    return True
+
+
+async def _traced(b: Bench, worker: Child, name: str, count: int) -> None:
+    """The trace of the last TRACED created, copied to bench/tracemalloc-NAME.txt."""
+    out = Path(b.stack.env["BENCH_TRACEMALLOC"]) / f"{name}.tracemalloc.txt"
+    out.unlink(missing_ok=True)
+    _trace(b, worker)
+    for _ in range(240):
+        if out.exists():
+            break
+        await asyncio.sleep(0.5)
+    if out.exists():
+        text = f"the last {count} created were traced: divide by {count} for one\n" + out.read_text()
+        (BENCH / f"tracemalloc-{name}.txt").write_text(text)
+        say(f"memory: {name} allocations in bench/tracemalloc-{name}.txt")
 
 
 class Peak:
@@ -69,6 +109,8 @@ async def _granted(b: Bench, roles: list[str], expected: int) -> int:
 async def _product(b: Bench) -> tuple[float, float]:
     """(RSS at the end, peak RSS while creating), with the creation in the notes."""
     stack, n = b.stack, b.counts.memory
+    worker = stack.worker
+    assert worker is not None
     per_role = len(stack.logins)
     roles = [stack.role(f"mem{i}") for i in range(math.ceil(n / per_role))]
     items = [(i % per_role, roles[i // per_role]) for i in range(n)]
@@ -83,15 +125,21 @@ async def _product(b: Bench) -> tuple[float, float]:
     results: list[Any] = []
     steps: list[str] = []
     async with Peak(stack.worker_rss) as peak:
-        for at in range(0, n, BATCH):  # parallel within a batch, one batch at a time
-            results += await bounded(b.counts.create_concurrency, items[at : at + BATCH], create)
-            steps.append(f"{at + len(items[at : at + BATCH])}: {stack.worker_rss():.0f} MB")
+        tracing = bool(stack.env.get("BENCH_TRACEMALLOC"))
+        cuts = sorted({*range(0, n, BATCH), *([max(n - TRACED, 0)] if tracing else []), n})
+        for at, end in itertools.pairwise(cuts):  # parallel within a batch, batch by batch
+            if tracing and at == max(n - TRACED, 0):
+                _trace(b, worker)
+            results += await bounded(b.counts.create_concurrency, items[at:end], create)
+            steps.append(f"{end}: {stack.worker_rss():.0f} MB")
             say(f"memory: {steps[-1]} after {time.monotonic() - started:.0f}s")
         bad = errors_of(results)
         granted = await _granted(b, roles, n - len(bad))
         created_in = time.monotonic() - started
         await asyncio.sleep(5)
     rss = stack.worker_rss()
+    if tracing:
+        await _traced(b, worker, "worker", min(TRACED, n))
     temporal_rss = rss_mb(stack.temporal.proc.pid) if stack.temporal else math.nan
     b.report.note(
         f"memory: {granted} of {n} granted in {created_in:.0f}s ({granted / created_in:.0f}/s, "
@@ -164,8 +212,13 @@ async def engine_floor(b: Bench, counts: list[int]) -> MemoryFloor:
 
     async with Peak(worker.rss) as peak:
         done, paused = 0, 0.0
-        while done < max(counts):
-            step = min(BATCH, max(counts) - done, min(c for c in counts if c > done) - done)
+        top = max(counts)
+        tracing = bool(stack.env.get("BENCH_TRACEMALLOC"))
+        stops = {*counts, *([max(top - TRACED, 0)] if tracing else [])}
+        while done < top:
+            if tracing and done == max(top - TRACED, 0):
+                _trace(b, worker)
+            step = min(BATCH, top - done, min(c for c in stops if c > done) - done)
             batch = await bounded(b.counts.create_concurrency, list(range(done, done + step)), start)
             out.failed += len(errors_of(batch))
             handles += [h for h in batch if not isinstance(h, BaseException)]
@@ -177,6 +230,8 @@ async def engine_floor(b: Bench, counts: list[int]) -> MemoryFloor:
                 await asyncio.sleep(pause)
                 paused += pause
                 out.points[done] = FloorPoint(done, worker.rss(), b.floor_rss_idle, seconds)
+                if tracing and done == top:
+                    await _traced(b, worker, "floor-worker", min(TRACED, top))
                 say(f"memory floor: {done} open, worker RSS {out.points[done].rss:.0f} MB")
             out.steps.append(f"{done}: {worker.rss():.0f} MB")
     out.peak = peak.value

@@ -17,8 +17,8 @@ from temporalio.worker import Worker
 from bench.common import FLOOR_TASK_QUEUE
 from bench.floors.activities import FloorActivities
 from bench.floors.workflows import WORKFLOWS
-from bench.procs import until_stopped, worker_options
-from rolecall.config import ConfigStore
+from bench.procs import trace_memory, until_stopped, worker_options
+from rolecall.config import ConfigStore, Settings
 
 
 def product_worker_arguments(client: Client, config: ConfigStore) -> dict[str, Any]:
@@ -33,7 +33,14 @@ def product_worker_arguments(client: Client, config: ConfigStore) -> dict[str, A
     real = getattr(worker_module, "Worker")  # noqa: B009
     setattr(worker_module, "Worker", record)  # noqa: B010
     try:
-        worker_module.build_worker(client, config, "unused")
+        settings = Settings()  # the deployment's worker tuning (ROLECALL_*), as the product's
+        worker_module.build_worker(
+            client,
+            config,
+            "unused",
+            max_cached_workflows=settings.max_cached_workflows,
+            workflow_sandbox=settings.workflow_sandbox,
+        )
     finally:
         setattr(worker_module, "Worker", real)  # noqa: B010
     return captured
@@ -52,9 +59,9 @@ def build_floor_worker(client: Client, config: ConfigStore, instance: str = "pg"
 
 
 async def serve() -> None:
-    from rolecall.config import Settings
     from rolecall.temporal import connect
 
+    trace_memory("floor-worker")
     client = await connect(Settings())
     config = ConfigStore(os.environ["ROLECALL_CONFIG"])
     worker = build_floor_worker(client, config)

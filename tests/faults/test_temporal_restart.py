@@ -14,10 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from rolecall.models import RequestState
-from rolecall.temporal import dev_server_flags
+from rolecall.temporal import DATA_CONVERTER, dev_server_flags
 from tests.conftest import Roles, Stack, eventually, temporal_binary, write_config
 from tests.faults.support import assert_no_grant_left_behind, sigkill, worker_process
 
@@ -54,7 +53,7 @@ class DevServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return await Client.connect(self.address, data_converter=pydantic_data_converter)
+                return await Client.connect(self.address, data_converter=DATA_CONVERTER)
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise

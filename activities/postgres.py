@@ -157,6 +157,10 @@ async def heartbeating(every: float = 2.0) -> AsyncIterator[None]:
             await asyncio.sleep(every)
             activity.heartbeat()
 
+    if activity.info().is_local:  # a local activity lives inside its workflow task: no heartbeat
+        yield
+        return
+
     task = asyncio.create_task(beat())
     try:
         yield

@@ -9,16 +9,40 @@ it may hold a grant, `RolecallExpiresAt`; the attribute is removed once the revo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import MarkerRecordedEventAttributes
 from temporalio.client import Client, WorkflowExecution, WorkflowHandle
+from temporalio.converter import DataConverter
 
 from rolecall import contract
 from rolecall.config import ConfigStore, Instance
 from rolecall.models import CheckResult, GrantResult, Ledger, ReconcileInput, RequestStatus, StrandedGrant
 from rolecall.temporal import EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, quote
+
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+async def _local_result(
+    converter: DataConverter, marker: MarkerRecordedEventAttributes
+) -> tuple[str, Sequence[Payload]] | None:
+    """(activity type, result payloads) of a local activity's marker; None for other markers.
+
+    The SDK records a completed local activity as a `core_local_activity` marker whose
+    `data` is a JSON object naming the activity and whose `result` holds its return value.
+    """
+    if marker.marker_name != LOCAL_ACTIVITY_MARKER or "result" not in marker.details:
+        return None
+    data = marker.details.get("data")
+    if data is None or not data.payloads:
+        return None
+    [meta] = await converter.decode(data.payloads, [dict])
+    kind = meta.get("activity_type") if isinstance(meta, dict) else None
+    return (kind, marker.details["result"].payloads) if isinstance(kind, str) else None
 
 
 def _rfc3339(when: datetime) -> str:
@@ -88,7 +112,13 @@ class TemporalActivities:
         grant: GrantResult | None = None
         converter = self._client.data_converter
         async for event in handle.fetch_history_events():
-            if event.HasField("activity_task_scheduled_event_attributes"):
+            if event.HasField("marker_recorded_event_attributes"):
+                # The check runs as a local activity since "local-database-reads": its
+                # result is in the marker the SDK records for it.
+                found = await _local_result(converter, event.marker_recorded_event_attributes)
+                if found is not None and found[0] == "check_request":
+                    [check] = await converter.decode(found[1], [CheckResult])
+            elif event.HasField("activity_task_scheduled_event_attributes"):
                 name = event.activity_task_scheduled_event_attributes.activity_type.name
                 if name in ("check_request", "grant_role"):
                     scheduled[event.event_id] = name

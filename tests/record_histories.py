@@ -35,7 +35,8 @@ from worker import build_worker
 # two decisions in one task, an approval in the same task as the approval timeout);
 # v5: rule-search-attributes, rules (two of two approvals, break-glass reviewed after escalation)
 # v6: day-two (expiry loop with warning and extensions, reminders)
-VERSION = "v6"
+# v7: local-database-reads (the check and the look before the GRANT as local activities)
+VERSION = "v7"
 OUT = Path(__file__).parent / "histories"
 
 

@@ -117,10 +117,15 @@ async def delivered_notifications(client: Client, rid: str) -> list[str]:
 
 
 async def activities_scheduled(client: Client, rid: str) -> list[str]:
+    """Every activity the request ran, regular or local (a local one is a marker in history)."""
     names = []
     async for e in handle(client, rid).fetch_history_events():
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = e.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity" and "data" in marker.details:
+                names.append(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
     return names
 
 

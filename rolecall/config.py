@@ -527,7 +527,11 @@ class Settings(BaseSettings):
     # Worker tuning (docs/operations.md, bench/README.md "Levers"): how many workflows stay in
     # memory between their tasks, and whether workflow code runs in temporalio's sandbox.
     max_cached_workflows: int = Field(default=WORKFLOW_CACHE, ge=0)
-    workflow_sandbox: bool = True
+    # Off in deployments: the sandbox re-imports the workflow's module for every workflow it
+    # runs or replays (~140 KB of each cached workflow, and the replay cost of an evicted
+    # one). Determinism is guarded where it can be fixed: the tests run the sandbox, and the
+    # replay test replays every recorded history (tests/test_workflow_runner.py).
+    workflow_sandbox: bool = False
     # Shared by the Slack app (signs decisions) and the worker (verifies them), nobody else.
     decision_key: SecretStr | None = None
     # Whose people may act from Slack; unset: the workspace (and Grid organisation) of the

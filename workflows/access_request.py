@@ -79,6 +79,11 @@ _NOTIFY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 # Database activities heartbeat every few seconds: a worker that dies mid-grant or mid-revoke
 # is noticed after this, not after the whole start-to-close timeout.
 _DB_HEARTBEAT = timedelta(seconds=10)
+# Read-only steps run locally first: two quick attempts, then the regular activity.
+_LOCAL_READ_TIMEOUT = timedelta(seconds=10)
+_LOCAL_READ_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE
+)
 _REVOKE_FIRST_RETRY = timedelta(seconds=1)
 _REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
@@ -102,6 +107,24 @@ def _error_details(err: BaseException) -> list[Any]:
     while isinstance(cause, ActivityError) and cause.cause is not None:
         cause = cause.cause
     return list(cause.details) if isinstance(cause, ApplicationError) else []
+
+
+def _as_activity_error(err: BaseException, method: Callable[..., Any]) -> ActivityError:
+    """A local activity's failure arrives bare; wrapped as a regular activity's is, so every
+    caller reads both the same way (failure_reason, _cancelled)."""
+    if isinstance(err, ActivityError):
+        return err
+    wrapped = ActivityError(
+        str(err),
+        scheduled_event_id=0,
+        started_event_id=0,
+        identity="",
+        activity_type=getattr(method, "__name__", "local"),
+        activity_id="",
+        retry_state=None,
+    )
+    wrapped.__cause__ = err
+    return wrapped
 
 
 def _cancelled(err: ActivityError) -> bool:
@@ -292,19 +315,36 @@ class AccessRequestWorkflow:
                 return await self._finish(RequestState.FAILED, "failed")
 
     async def _database_read(self, method: Callable[..., Any], arg: Any, **options: Any) -> Any:
-        """Run a read-only database step (the check, or the look before the GRANT) locally.
+        """Run a read-only database step (the check, or the look before the GRANT) locally first.
 
         A local activity runs inside the workflow task that asked for it and is recorded as a
         marker when that task completes: no activity task to dispatch, start and complete,
         and no extra workflow task after it (bench/README.md, "Levers"). Only reads qualify:
-        if the worker dies before the task completes, the read simply runs again. The GRANT
+        if the worker dies before the task completes, the read simply runs again. It gets
+        two quick attempts; a database that stays unreachable is then retried by the regular
+        activity, whose timeouts the server enforces and whose heartbeats notice a dead
+        worker (a local activity's retries would hold the workflow task instead). The GRANT
         and the REVOKE stay regular activities: a GRANT must be recorded as scheduled before
         it runs, and a REVOKE must retry for as long as it takes.
         """
         if not workflow.patched("local-database-reads"):
             return await workflow.execute_activity_method(method, arg, **options)
-        options.pop("heartbeat_timeout", None)  # a local activity does not heartbeat
-        return await workflow.execute_local_activity_method(method, arg, **options)
+        try:
+            return await workflow.execute_local_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=_LOCAL_READ_TIMEOUT,
+                retry_policy=_LOCAL_READ_RETRY,
+            )
+        except (ActivityError, ApplicationError, TimeoutError, CancelledError) as e:
+            cause = e.cause if isinstance(e, ActivityError) else e
+            final = isinstance(cause, CancelledError) or (
+                isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type in NON_RETRYABLE)
+            )
+            if final:
+                raise _as_activity_error(e, method) from e
+            workflow.logger.info("%s: local attempts failed (%s), retrying as an activity", method, cause)
+        return await workflow.execute_activity_method(method, arg, **options)
 
     async def _approve_again(self, policy: Policy, why: str, details: list[Any]) -> RequestStatus | None:
         """The role gained privileges before the grant (none was made): ask the approvers again.

@@ -43,6 +43,7 @@ class Counts:
     clicks: int = 50
     lifecycle_seconds: float = 60.0
     lifecycle_concurrency: int = 24
+    burst: int = 300  # requests to one approvers' channel under Slack's rate limit
     mass: int = 1000
     # 10,000 is the goal's count; creating them runs at ~10/s here (see the lifecycle figure),
     # so the full run stops at 3,000 (past the worker's 1,000-workflow cache) unless --memory.
@@ -62,6 +63,7 @@ QUICK = Counts(
     clicks=10,
     lifecycle_seconds=10,
     lifecycle_concurrency=12,
+    burst=60,
     mass=100,
     memory=1000,
     memory_floor=(),

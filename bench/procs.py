@@ -18,7 +18,8 @@ from typing import Any
 from bench.common import SECRET, TOKEN, repo_on_path
 
 
-def serve_fake_slack(users_file: str, port_file: str) -> int:
+def serve_fake_slack(users_file: str, port_file: str, command_dir: str | None = None) -> int:
+    """The fake Slack; with `command_dir`, it also obeys the driver's commands (fake_commands)."""
     repo_on_path()
     from tests.fake_slack import FakeSlack
 
@@ -36,7 +37,9 @@ def serve_fake_slack(users_file: str, port_file: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     deadline = time.monotonic() + 3 * 3600
     while not stop and time.monotonic() < deadline:
-        time.sleep(0.2)
+        if command_dir is not None:
+            fake_commands(fake, Path(command_dir))
+        time.sleep(0.05)
     counts = Counter(c.method for c in fake.calls)
     print("fake slack calls:", json.dumps(counts), flush=True)
     fake.stop()
@@ -71,6 +74,49 @@ def trace_memory(name: str) -> None:
         tmp.rename(Path(where) / f"{name}.tracemalloc.txt")
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, toggle)
+
+
+def fake_commands(fake: Any, directory: Path) -> None:
+    """Answer each `<n>.json` command in `directory` with `<n>.reply` (written, then renamed).
+
+    The fake runs in its own process, so this is how a figure turns its rate limiter on and
+    off and reads back what it was sent: {"op": "rate_limit", "per_second": 1.0 | null,
+    "burst": N}, {"op": "calls", "since": K} (the calls from the K-th on, with the wall time
+    each arrived; the reply's "count" is the next K).
+    """
+    for path in sorted(directory.glob("*.json")):
+        command = json.loads(path.read_text())
+        reply: dict[str, Any] = {"ok": True}
+        if command["op"] == "rate_limit":
+            fake.rate_limit(command.get("per_second"), int(command.get("burst") or 1))
+        elif command["op"] == "calls":
+            offset = time.time() - time.monotonic()
+            calls = list(fake.calls)
+            reply["count"] = len(calls)
+            reply["calls"] = [_call_record(c, offset) for c in calls[int(command.get("since") or 0) :]]
+        else:
+            reply = {"ok": False, "error": f"unknown op {command['op']!r}"}
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(reply))
+        tmp.rename(path.with_suffix(".reply"))
+        path.unlink()
+
+
+def _call_record(call: Any, offset: float) -> dict[str, Any]:
+    """What the burst figure needs of one call: where it went, what it said, how it ended."""
+    args, response = call.args, call.response
+    return {
+        "method": call.method,
+        "at": call.at + offset,
+        "status": call.status,
+        "ok": bool(response.get("ok")),
+        "error": response.get("error"),
+        "channel": response.get("channel") or args.get("channel"),
+        "ts": response.get("ts") or args.get("ts"),
+        "thread_ts": args.get("thread_ts"),
+        "text": args.get("text"),
+        "blocks": json.dumps(args.get("blocks") or []),
+    }
 
 
 def worker_options() -> dict[str, Any]:

@@ -40,7 +40,15 @@ from collections.abc import Awaitable, Callable  # noqa: E402
 
 from bench.common import BENCH, FULL, QUICK, Counts, say  # noqa: E402
 from bench.context import Bench  # noqa: E402
-from bench.figures import ack, approve_grant, lifecycles, mass_expiry, memory, startup  # noqa: E402
+from bench.figures import (  # noqa: E402
+    ack,
+    approve_grant,
+    lifecycles,
+    mass_expiry,
+    memory,
+    slack_burst,
+    startup,
+)
 from bench.report import Report, render, summarize_pyspy  # noqa: E402
 from bench.stack import Stack, Watcher, start_app, start_stack, start_worker  # noqa: E402
 
@@ -51,6 +59,7 @@ FIGURES: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "ack": ack.run,
     "click": approve_grant.run,
     "lifecycles": lifecycles.run,
+    "burst": slack_burst.run,
     "mass": mass_expiry.run,
     "memory": memory.run,
 }
@@ -60,6 +69,8 @@ def counts_for(args: argparse.Namespace) -> Counts:
     counts = QUICK if args.quick else FULL
     if args.memory:
         counts = dataclasses.replace(counts, memory=args.memory)
+    if args.burst:
+        counts = dataclasses.replace(counts, burst=args.burst)
     if args.memory_floor is not None:
         extra = tuple(int(x) for x in args.memory_floor.split(",") if x.strip())
         counts = dataclasses.replace(counts, memory_floor=extra)
@@ -172,6 +183,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "or without the product figures (only)",
     )
     p.add_argument("--memory", type=int, help="open requests for the memory figure (10000 = the goal's)")
+    p.add_argument("--burst", type=int, help="requests for the burst figure (default 300; 60 with --quick)")
     p.add_argument(
         "--memory-floor",
         metavar="N,N",
@@ -201,7 +213,7 @@ def child_main(argv: list[str]) -> int | None:
     from bench import procs
 
     if argv[:1] == ["_fake_slack"]:
-        return procs.serve_fake_slack(argv[1], argv[2])
+        return procs.serve_fake_slack(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
     if argv[:1] == ["_bare_http"]:
         return procs.serve_bare_http(argv[1])
     if argv[:1] not in (["_worker"], ["_app"], ["_floor_worker"]):
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     code = 1
     try:
-        code = asyncio.run(asyncio.wait_for(bench(args), 40 * 60))
+        code = asyncio.run(asyncio.wait_for(bench(args), 70 * 60))
     except KeyboardInterrupt:
         code = 130
     finally:

@@ -217,6 +217,27 @@ class Stack:
     def logdir(self) -> Path:
         return self.tmp / "logs"
 
+    @property
+    def fake_commands(self) -> Path:
+        return self.tmp / "fake-commands"
+
+    async def fake_slack(self, op: str, timeout: float = 60, **args: Any) -> dict[str, Any]:
+        """One command to the fake Slack's process (procs.fake_commands), and its reply."""
+        path = self.fake_commands / f"{time.monotonic_ns():020d}.json"
+        path.with_suffix(".part").write_text(json.dumps({"op": op, **args}))
+        path.with_suffix(".part").rename(path)
+        reply = path.with_suffix(".reply")
+        deadline = time.monotonic() + timeout
+        while not reply.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake Slack did not answer {op!r} within {timeout}s")
+            await asyncio.sleep(0.05)
+        answer: dict[str, Any] = json.loads(reply.read_text())
+        reply.unlink()
+        if not answer.get("ok"):
+            raise RuntimeError(f"fake Slack refused {op!r}: {answer.get('error')}")
+        return answer
+
     def persistence(self) -> tuple[float, float]:
         """The dev server's persistence (SQLite) totals so far: (operations, seconds of latency)."""
         ops, busy, _ = self.persistence_by_operation()
@@ -339,7 +360,8 @@ def _create_roles(dsn: str, counts: Counts, tmp: Path, pg_cleanup: Callable[[], 
         pg_version = conn.info.server_version
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     logins = [f"{prefix}u_{i:05d}" for i in range(counts.logins)]
-    product = ["click", "lc", "mass"] + [f"mem{i}" for i in range(math.ceil(counts.memory / len(logins)))]
+    memory = [f"mem{i}" for i in range(math.ceil(counts.memory / len(logins)))]
+    product = ["click", "lc", "burst0", "burst", "mass", *memory]
     roles = [f"{prefix}r_{r}" for r in product] + [f"{prefix}{r}" for r in FLOOR_ROLES]
     with psycopg.connect(dsn, autocommit=False) as conn:
         for name in logins:
@@ -358,8 +380,9 @@ def _spawn_fake_slack(stack: Stack) -> Child:
     users = [[APPROVER_SLACK, APPROVER_EMAIL, "Dana DBA"]]
     users += [[f"UB{i:05d}", f"{login}@example.com", f"Bench {i}"] for i, login in enumerate(stack.logins)]
     (stack.tmp / "users.json").write_text(json.dumps(users))
+    stack.fake_commands.mkdir()
     cmd = [sys.executable, str(RUN_PY), "_fake_slack", str(stack.tmp / "users.json"),
-           str(stack.tmp / "fake.port")]  # fmt: skip
+           str(stack.tmp / "fake.port"), str(stack.fake_commands)]  # fmt: skip
     fake = Child("fake-slack", cmd, stack.env, stack.logdir)
     stack.children.append(fake)
     return fake

@@ -3,7 +3,8 @@
 It records every call, keeps the messages and views it was given (so `chat.update` of an
 unknown message fails like Slack's `message_not_found`), validates every `blocks` and
 `view` payload with slack_sdk's models, and can be told to answer 429 + Retry-After, 500,
-or to hang, for chosen methods. Point a client at it with `base_url=fake.url`.
+or to hang, for chosen methods, or (`rate_limit`) to throttle messages per channel as Slack
+does. Point a client at it with `base_url=fake.url`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,26 @@ class Fault:
     times: int
     retry_after: int = 1
     hang_seconds: float = 0.0
+
+
+# chat.postMessage's special tier: about one message per second per channel, short bursts
+# allowed; rate_limit() applies it to these methods, keyed by their `channel` argument.
+RATE_LIMITED_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+
+
+@dataclass
+class _Bucket:
+    """A token bucket: `tokens` as of `at` (monotonic), refilled at the limit's rate."""
+
+    tokens: float
+    at: float
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: float
+    burst: int
+    methods: frozenset[str]
 
 
 def _strip(value: Any) -> Any:
@@ -134,6 +156,8 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
         self.views: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[Fault]] = {}
+        self.limit: RateLimit | None = None  # off unless rate_limit() is called
+        self._buckets: dict[str, _Bucket] = {}
         # Socket Mode: a tests.fake_socket_mode.FakeSocketMode answers apps.connections.open.
         self.socket_mode: Any = None
         self._lock = threading.Lock()
@@ -235,6 +259,41 @@ class FakeSlack:
         with self._lock:
             self.faults.setdefault(method, []).append(Fault(0, times, hang_seconds=seconds))
 
+    def rate_limit(
+        self,
+        per_channel_per_second: float | None = 1.0,
+        burst: int = 1,
+        methods: tuple[str, ...] = RATE_LIMITED_METHODS,
+    ) -> None:
+        """Throttle `methods` per channel as Slack does; None turns the limiter off again.
+
+        Each channel has a bucket of `burst` calls that refills at `per_channel_per_second`;
+        a call finding it empty gets 429 `ratelimited` with Retry-After: the whole seconds
+        until the next call would be let through. A refused call takes nothing from it.
+        """
+        with self._lock:
+            self._buckets.clear()
+            if per_channel_per_second is None:
+                self.limit = None
+                return
+            if per_channel_per_second <= 0 or burst < 1:
+                raise ValueError("the rate must be positive and the burst at least 1")
+            self.limit = RateLimit(per_channel_per_second, burst, frozenset(methods))
+
+    def _throttled(self, method: str, args: dict[str, Any], now: float) -> int | None:
+        """Retry-After seconds when this call exceeds its channel's rate, else None (lock held)."""
+        limit = self.limit
+        if limit is None or method not in limit.methods:
+            return None
+        channel = str(args.get("channel") or "")
+        bucket = self._buckets.setdefault(channel, _Bucket(float(limit.burst), now))
+        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.at) * limit.per_second)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return max(1, math.ceil((1.0 - bucket.tokens) / limit.per_second))
+
     def calls_to(self, method: str, ok: bool | None = None) -> list[Call]:
         with self._lock:
             found = [c for c in self.calls if c.method == method]
@@ -330,6 +389,11 @@ class FakeSlack:
             call.response = {"ok": False, "error": "not_authed" if not auth else "invalid_auth"}
             return 200, call.response, {}
         with self._lock:
+            retry_after = self._throttled(method, args, time.monotonic())
+            if retry_after is not None:
+                call.status = 429
+                call.response = {"ok": False, "error": "ratelimited"}
+                return 429, call.response, {"Retry-After": str(retry_after)}
             call.response = self._method(method, args)
         return 200, call.response, {}
 

@@ -167,7 +167,9 @@ async def run(settings: Settings | None = None) -> None:
         from rolecall.slack_client import web_client
 
         slack_client = web_client(
-            os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None
+            os.environ["SLACK_BOT_TOKEN"],
+            base_url=os.environ.get("SLACK_API_URL") or None,
+            rate_limit_retries=0,
         )
         log.info("notifications go to Slack")
     identity = None

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -112,6 +113,8 @@ class SlackNotifier:
                 if outcome and not skip:
                     await self._put(refs, f"outcome_{ev}", await self._dm_channel(s), *outcome)
         except SlackApiError as e:
+            if e.response is not None and e.response.status_code == 429:
+                raise _rate_limited(e, note) from e
             error = str(e.response.get("error", "")) if e.response is not None else ""
             if error in ("channel_not_found", "not_in_channel", "users_not_found", "user_not_found"):
                 # Retrying cannot fix a wrong channel or an unknown user: log it and move on.
@@ -264,6 +267,26 @@ class SlackNotifier:
             resp = await self._client.conversations_open(users=user)
             self._dm[user] = str(resp["channel"]["id"])
         return self._dm[user]
+
+
+def _rate_limited(e: SlackApiError, note: Notification) -> ApplicationError:
+    """Retry when Slack says, from Temporal, rather than waiting in this activity.
+
+    A notification sleeping on Retry-After would hold one of the worker's activity slots, and
+    a burst of them could make a GRANT or a REVOKE wait for a slot. Failing at once frees the
+    slot; the retry starts from the messages this attempt already posted (its heartbeat), so
+    nothing is posted twice. The jitter spreads the requests waiting on one channel.
+    """
+    try:
+        after = float(e.response.headers.get("Retry-After", 1))
+    except (TypeError, ValueError):
+        after = 1.0
+    delay = timedelta(seconds=after + random.uniform(0, max(after, 1.0)))
+    return ApplicationError(
+        f"Slack rate limit for {describe(note)}: retrying in {delay.total_seconds():.1f}s",
+        type="SlackRateLimited",
+        next_retry_delay=delay,
+    )
 
 
 def _recorded_refs() -> dict[str, MessageRef]:

@@ -159,7 +159,7 @@ async def bench_worker() -> None:
     settings = Settings()
     config = ConfigStore(os.environ["ROLECALL_CONFIG"])
     client = await connect(settings)
-    slack = web_client(TOKEN, base_url=os.environ["BENCH_SLACK_API_URL"])
+    slack = web_client(TOKEN, base_url=os.environ["BENCH_SLACK_API_URL"], rate_limit_retries=0)
     worker = build_worker(
         client,
         config,

@@ -749,10 +749,11 @@ def text_of(message: dict[str, Any]) -> str:
     return json.dumps(message.get("blocks") or []) + str(message.get("text") or "")
 
 
-def web_client_for(fake: FakeSlack) -> Any:
+def web_client_for(fake: FakeSlack, rate_limit_retries: int = 0) -> Any:
+    """A client on the fake, retrying 429s as the worker's does (from Temporal; the app: 3)."""
     from activities.slack import web_client
 
-    return web_client(fake.token, base_url=fake.url, timeout=5)
+    return web_client(fake.token, base_url=fake.url, timeout=5, rate_limit_retries=rate_limit_retries)
 
 
 def world_context(
@@ -801,7 +802,7 @@ def world_context(
                 ConfigStore(stack.config_path),
                 slack_temporal or stack.client,
                 Settings(task_queue=stack.task_queue, decision_key=key),
-                web_client=web_client_for(fake),
+                web_client=web_client_for(fake, rate_limit_retries=3),
                 signing_secret=SECRET,
             )
             runner = web.AppRunner(app.web_app(path="/slack/events"))

@@ -505,7 +505,12 @@ class Config(_Strict):
             raise UnknownInstance(f"unknown instance {name!r} (configured: {known})") from None
 
 
-WORKFLOW_CACHE = 1000  # temporalio's default; see bench/README.md for the curve
+# Workflows kept in memory between their tasks (temporalio's default is 1,000). An open
+# request waits for hours on a timer; past the cache it is evicted and replayed from its
+# history when it wakes, which without the sandbox costs milliseconds. 500 keeps the worker
+# under 300 MB at 10,000 open requests (bench/results.md); raise it for more memory and
+# fewer replays when thousands of grants expire in the same minute.
+WORKFLOW_CACHE = 500
 
 
 class Settings(BaseSettings):

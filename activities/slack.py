@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -51,6 +53,13 @@ class SlackNotifier:
         self._dm: dict[str, str] = {}  # user ID -> DM channel ID: stable, so opened once
 
     async def send(self, note: Notification) -> NotifyResult:
+        token = _UPDATED.set(_recorded_updates())
+        try:
+            return await self._send(note)
+        finally:
+            _UPDATED.reset(token)
+
+    async def _send(self, note: Notification) -> NotifyResult:
         refs = dict(note.messages)
         refs.update(_recorded_refs())
         s = note.status
@@ -241,7 +250,13 @@ class SlackNotifier:
         """Update the message under `key` in place, or post it and remember where."""
         ref = refs.get(key)
         if ref is not None:
+            done = _UPDATED.get()
+            if done is not None and key in done:
+                return  # an earlier attempt of this notification made this very update
             await self._client.chat_update(channel=ref.channel, ts=ref.ts, text=text, blocks=blocks)
+            if done is not None:
+                done.add(key)
+                _record_refs(refs)
             return
         resp = await self._client.chat_postMessage(channel=channel, text=text, blocks=blocks)
         refs[key] = MessageRef(channel=str(resp["channel"]), ts=str(resp["ts"]))
@@ -289,22 +304,36 @@ def _rate_limited(e: SlackApiError, note: Notification) -> ApplicationError:
     )
 
 
+# The message updates this notification has made, across its attempts (from its heartbeat):
+# a retry after a 429 goes on from where the attempt stopped instead of making the same
+# updates again, which on a busy channel would meet the limit again, attempt after attempt.
+_UPDATED: ContextVar[set[str] | None] = ContextVar("rolecall_slack_updated", default=None)
+
+
+def _recorded_details() -> list[Any]:
+    if not activity.in_activity():
+        return []
+    return list(activity.info().heartbeat_details or [])
+
+
 def _recorded_refs() -> dict[str, MessageRef]:
     """Messages an earlier attempt of this activity already posted (from its heartbeat)."""
-    if not activity.in_activity():
+    details = _recorded_details()
+    first = details[0] if details else None
+    if not isinstance(first, dict):
         return {}
-    details = activity.info().heartbeat_details
-    if not details:
-        return {}
-    last = details[-1]
-    if not isinstance(last, dict):
-        return {}
-    return {k: MessageRef.model_validate(v) for k, v in last.items()}
+    return {k: MessageRef.model_validate(v) for k, v in first.items()}
+
+
+def _recorded_updates() -> set[str]:
+    details = _recorded_details()
+    second = details[1] if len(details) > 1 else None
+    return {str(k) for k in second} if isinstance(second, list) else set()
 
 
 def _record_refs(refs: dict[str, MessageRef]) -> None:
     if activity.in_activity():
-        activity.heartbeat({k: v.model_dump() for k, v in refs.items()})
+        activity.heartbeat({k: v.model_dump() for k, v in refs.items()}, sorted(_UPDATED.get() or ()))
 
 
 class SlackActivities:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
@@ -86,3 +87,38 @@ async def test_unknown_approver_group_leaves_listed_approvers(make_stack, roles:
         # The listed approvers still apply (the workflow logs why the group was not read).
         assert status.approvers == ["dba@example.com"]
         assert status.state == RequestState.PENDING
+
+
+async def test_a_rate_limited_channel_does_not_make_a_notification_repeat_itself(
+    make_stack, roles: Roles, pg
+) -> None:
+    """A retry after a 429 goes on from where its attempt stopped.
+
+    The relinquish notification updates two messages in the requester's DM and posts a third.
+    At one call per 3 s on that channel, an attempt that made every update again would meet
+    the limit again each time and never finish (seen at 141 attempts in the burst figure).
+    """
+    async with world_context(make_stack, roles) as w:
+        rid = await w.stack.request(w.login, w.role, "1h")
+        r = await w.stack.cli("approve", rid, "--as", "dba@example.com")
+        assert r.code == 0, r.err
+        await w.stack.wait_state(rid, RequestState.GRANTED)
+        dm = f"D{ALICE}"
+        await eventually(lambda: len(w.posts(dm)) == 2, 20, "requester DM and grant DM")
+        mark = len(w.fake.calls)
+        w.fake.rate_limit(per_channel_per_second=1 / 3, burst=1)
+        r = await w.stack.cli("relinquish", rid, "--as", f"{w.login}@example.com")
+        assert r.code == 0, r.err
+        await w.stack.wait_state(rid, RequestState.RELINQUISHED)
+        await asyncio.wait_for(w.stack.client.get_workflow_handle(rid).result(), 60)
+        w.fake.rate_limit(None)
+        assert len(w.posts(dm)) == 3 and "relinquished" in text_of(w.posts(dm)[-1]).lower()
+        updated = [
+            c.args.get("ts")
+            for c in w.fake.calls[mark:]
+            if c.method == "chat.update" and c.args.get("channel") == dm
+        ]
+        # Each message was brought up to date, and not again on every attempt (a retry may
+        # repeat the update its attempt made just before the heartbeat that records it).
+        assert set(updated) == {m["ts"] for m in w.posts(dm)[:2]}, updated
+        assert all(updated.count(ts) <= 2 for ts in updated), updated

@@ -36,7 +36,9 @@ from worker import build_worker
 # v5: rule-search-attributes, rules (two of two approvals, break-glass reviewed after escalation)
 # v6: day-two (expiry loop with warning and extensions, reminders)
 # v7: local-database-reads (the check and the look before the GRANT as local activities)
-VERSION = "v7"
+# v8: changed-search-attributes (upserts carry only what changed), and every patch up to it
+#     folded into one marker, v8-folded (workflows/patches.py)
+VERSION = "v8"
 OUT = Path(__file__).parent / "histories"
 
 

@@ -18,6 +18,8 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 from temporalio.workflow import ActivityCancellationType
 
+from workflows.patches import Patches
+
 with workflow.unsafe.imports_passed_through():
     from activities.decisions import DecisionActivities
     from activities.notify import NotifyActivities
@@ -169,6 +171,7 @@ class AccessRequestWorkflow:
         self._review_task: asyncio.Task[None] | None = None
         self._nag_task: asyncio.Task[None] | None = None
         self._group_approvers: set[str] = set()  # approvers only through an approver group
+        self._patches = Patches()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class AccessRequestWorkflow:
             self._auto_approve(policy, check.duration, "rule")
         elif (oncall := await self._check_oncall(policy)).on_call and not (
             # A person who decided while PagerDuty was being asked wins over the auto-approval.
-            self._decision is not None and workflow.patched("decision-during-oncall-wins")
+            self._decision is not None and self._patches.on("decision-during-oncall-wins")
         ):
             s.on_call_detail = oncall.detail
             self._auto_approve(policy, check.duration)
@@ -239,7 +242,7 @@ class AccessRequestWorkflow:
         if not s.auto_approved:
             self._may_hold(policy)
             self._set_state(RequestState.APPROVED, f"approved by {s.decided_by}, granting")
-        if s.auto_approved or not workflow.patched("approval-told-with-grant"):
+        if s.auto_approved or not self._patches.on("approval-told-with-grant"):
             # A person's approval is told with the grant (or its failure) a moment later;
             # an auto-approval is the approvers' first news of the request, so it is told now.
             self._notify("approved")
@@ -295,10 +298,10 @@ class AccessRequestWorkflow:
                 s.warnings = [*s.warnings, *(w for w in granted.warnings if w not in s.warnings)]
                 return granted
             except ActivityError as e:
-                if _cancelled(e) and workflow.patched("cancel-during-grant-revokes"):
+                if _cancelled(e) and self._patches.on("cancel-during-grant-revokes"):
                     return await self._cancelled_while_granting(policy, grant_attempted)
                 reason, kind = failure_reason(e)
-                if kind == "PrivilegesChanged" and workflow.patched("privileges-drift"):
+                if kind == "PrivilegesChanged" and self._patches.on("privileges-drift"):
                     finished = await self._approve_again(policy, reason, _error_details(e))
                     if finished is not None:
                         return finished
@@ -330,7 +333,7 @@ class AccessRequestWorkflow:
         and the REVOKE stay regular activities: a GRANT must be recorded as scheduled before
         it runs, and a REVOKE must retry for as long as it takes.
         """
-        if not workflow.patched("local-database-reads"):
+        if not self._patches.on("local-database-reads"):
             return await workflow.execute_activity_method(method, arg, **options)
         try:
             return await workflow.execute_local_activity_method(
@@ -402,7 +405,7 @@ class AccessRequestWorkflow:
         self._notify("granted")
         final = RequestState.EXPIRED
         try:
-            if workflow.patched("day-two"):
+            if self._patches.on("day-two"):
                 final = await self._until_expiry(policy)
             else:
                 await workflow.wait_condition(
@@ -750,7 +753,7 @@ class AccessRequestWorkflow:
                 timeout_summary="approval timeout",
             )
         except builtins.TimeoutError:
-            if not workflow.patched("decision-at-timeout-wins"):
+            if not self._patches.on("decision-at-timeout-wins"):
                 return False
             await asyncio.sleep(0)  # decisions delivered with the timer start here
             await workflow.wait_condition(lambda: self._settling == 0)  # and are verified
@@ -802,7 +805,7 @@ class AccessRequestWorkflow:
         """An approver who came from a group decides only while still in it (checked now)."""
         actor = d.actor.strip().lower()
         policy = self._policy
-        if actor not in self._group_approvers or policy is None or not workflow.patched("group-at-decision"):
+        if actor not in self._group_approvers or policy is None or not self._patches.on("group-at-decision"):
             return True
         found: GroupMembership = await workflow.execute_local_activity(
             "still_in_groups",
@@ -816,7 +819,7 @@ class AccessRequestWorkflow:
 
     async def _check_oncall(self, policy: Policy) -> OnCallResult:
         # With auto-approval off, asking an activity costs a round trip and three events.
-        if workflow.patched("skip-disabled-oncall") and not policy.pagerduty_enabled:
+        if self._patches.on("skip-disabled-oncall") and not policy.pagerduty_enabled:
             return OnCallResult(on_call=False, checked=False)
         level = policy.rule.on_call_max_escalation_level if policy.rule is not None else None
         try:
@@ -860,20 +863,26 @@ class AccessRequestWorkflow:
             ROLE.value_set(s.role),
         ]
         # Histories from before RolecallAutoApproved existed replay without it (no marker).
-        if workflow.patched("auto-approved-search-attribute") and s.decided_at is not None:
+        if self._patches.on("auto-approved-search-attribute") and s.decided_at is not None:
             attributes.append(AUTO_APPROVED.value_set(s.auto_approved))
-        if workflow.patched("ledger-search-attributes"):
+        if self._patches.on("ledger-search-attributes"):
             if s.db_user is not None:
                 attributes.append(LOGIN.value_set(s.db_user))
             held = self._held_until
             attributes.append(EXPIRES_AT.value_set(held) if held is not None else EXPIRES_AT.value_unset())
-        if self._checked and workflow.patched("rule-search-attributes"):
+        if self._checked and self._patches.on("rule-search-attributes"):
             attributes += [
                 RULE.value_set(s.rule),
                 BREAK_GLASS.value_set(s.break_glass),
                 APPROVERS.value_set(self._approver_keys()),
             ]
-        workflow.upsert_search_attributes(attributes)
+        if self._patches.on("changed-search-attributes"):
+            # The server validates every attribute of an upsert against its metadata (two
+            # persistence reads each on the dev server), so send only those that changed.
+            current = workflow.info().typed_search_attributes
+            attributes = [a for a in attributes if current.get(a.key) != a.value]
+        if attributes:
+            workflow.upsert_search_attributes(attributes)
         observe(s, self._observed)
         workflow.set_current_details(
             f"**{state.value}**: {details}\n\n"
@@ -978,7 +987,7 @@ class AccessRequestWorkflow:
 
     async def _origin(self, signal: str, d: Decision) -> Origin | None:
         """ "slack (verified)", "cli" or "unverified"; None when a signature is refused (recorded)."""
-        if d.signature is None or not workflow.patched("verified-decisions"):
+        if d.signature is None or not self._patches.on("verified-decisions"):
             return "cli" if d.via == "cli" else "unverified"
         if d.signature in self._signatures:
             self._refuse(signal, d, "this signed decision was already used (replayed)", "unverified")
@@ -998,7 +1007,7 @@ class AccessRequestWorkflow:
         if (
             self._decision is not None
             and self._status.state == RequestState.PENDING
-            and workflow.patched("first-decision-wins")
+            and self._patches.on("first-decision-wins")
         ):
             # Two decisions in one workflow task: the first one wins, the second is refused.
             done = {"approve": "approved", "deny": "denied", "cancel": "cancelled"}[self._decision]
@@ -1032,5 +1041,5 @@ class AccessRequestWorkflow:
         self._status.refused.append(refused)
         # The Slack app already answered "sent"; a verified actor is told it did not count
         # (e.g. an approval that arrived just after the request timed out).
-        if via == "slack (verified)" and d.slack_user_id and workflow.patched("tell-refused-actor"):
+        if via == "slack (verified)" and d.slack_user_id and self._patches.on("tell-refused-actor"):
             self._notify("refused", f"{signal}: {why}", recipient=d.slack_user_id)

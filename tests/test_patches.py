@@ -1,0 +1,78 @@
+"""A request granted before the patches were folded finishes on the code that folds them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.worker import Replayer
+
+from rolecall.config import ConfigStore
+from rolecall.models import RequestState
+from rolecall.operations import handle
+from rolecall.temporal import DATA_CONVERTER
+from tests.conftest import DECISION_KEY, Roles
+from worker import build_worker
+from workflows import patches
+from workflows.access_request import AccessRequestWorkflow
+
+
+def _as_v7(self: patches.Patches, patch_id: str) -> bool:
+    """What v7 asked: every patch on its own, and nothing about what v8 added."""
+    if patch_id == "changed-search-attributes":
+        return False
+    return workflow.patched(patch_id)
+
+
+async def _patch_markers(client: Any, rid: str) -> list[str]:
+    markers = []
+    async for e in handle(client, rid).fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            attrs = e.marker_recorded_event_attributes
+            if attrs.marker_name == "core_patch":
+                markers.append(
+                    DATA_CONVERTER.payload_converter.from_payload(attrs.details["patch-data"].payloads[0])
+                )
+    return [m["id"] for m in markers]
+
+
+async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role], worker=False)
+
+    def worker(sandbox: bool) -> Any:
+        return build_worker(
+            stack.client, ConfigStore(stack.config_path), stack.task_queue,
+            decision_key=DECISION_KEY, workflow_sandbox=sandbox,
+        )  # fmt: skip
+
+    with monkeypatch.context() as m:
+        m.setattr(patches.Patches, "on", _as_v7)
+        async with worker(sandbox=False):  # the sandbox would re-import the real module
+            rid = await stack.request(login, role, "1h")
+            await stack.cli("approve", rid, "--as", "dba@example.com")
+            await stack.wait_state(rid, RequestState.GRANTED)
+    assert pg.is_member(login, role)
+    before = await _patch_markers(stack.client, rid)
+    assert patches.FOLDED_INTO not in before and "ledger-search-attributes" in before
+
+    async with worker(sandbox=True):  # a fresh cache: the v8 code replays the v7 history first
+        r = await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
+        assert r.code == 0, r.err
+        status = await stack.wait_state(rid, RequestState.RELINQUISHED)
+    assert status.revoked_at is not None and not pg.is_member(login, role)
+    assert patches.FOLDED_INTO not in await _patch_markers(stack.client, rid)
+
+    history = await handle(stack.client, rid).fetch_history()
+    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=DATA_CONVERTER)
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+
+
+async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role])
+    rid = await stack.request(login, role, "1h")
+    await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
+    await stack.wait_state(rid, RequestState.DENIED)
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]

@@ -1,0 +1,59 @@
+"""The request workflow's patches, folded so that a new request records one marker, not many.
+
+Every `workflow.patched` that a run takes for the first time records a marker and, with it, an
+upsert of the `TemporalChangeVersion` search attribute (sdk-core does this and has no switch
+for it). Sixteen patches cost a fresh lifecycle eight markers and eight upserts, and the server
+validates each upsert against its metadata: on the dev server a third of a lifecycle's
+persistence operations (bench/README.md, "Levers").
+
+So the patches up to and including v8 are folded into one, `FOLDED_INTO`. A request started on
+v8 or later records that one marker the first time it asks about any of them and takes every
+folded behaviour. A request started earlier has no such marker in its history: it asks about
+each patch as it always did, and replays exactly as recorded. The lazy first question keeps
+that true for requests caught mid-flight, because the code asks it at the same place where the
+older code asked its first patch.
+
+A patch added after v8 is not in `FOLDED`: it is asked about on its own, so that a v8 request
+replays without it. A later release may fold those into a second marker the same way.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+FOLDED_INTO = "v8-folded"
+FOLDED = frozenset(
+    {
+        "skip-disabled-oncall",
+        "approval-told-with-grant",
+        "auto-approved-search-attribute",
+        "ledger-search-attributes",
+        "verified-decisions",
+        "first-decision-wins",
+        "decision-at-timeout-wins",
+        "decision-during-oncall-wins",
+        "cancel-during-grant-revokes",
+        "privileges-drift",
+        "rule-search-attributes",
+        "group-at-decision",
+        "tell-refused-actor",
+        "day-two",
+        "local-database-reads",
+        "changed-search-attributes",
+    }
+)
+
+
+class Patches:
+    """One run's answers to "does this request take the behaviour added by patch X?"."""
+
+    def __init__(self) -> None:
+        self._folded: bool | None = None
+
+    def on(self, patch_id: str) -> bool:
+        if patch_id in FOLDED:
+            if self._folded is None:
+                self._folded = workflow.patched(FOLDED_INTO)
+            if self._folded:
+                return True
+        return workflow.patched(patch_id)

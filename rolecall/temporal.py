@@ -68,8 +68,15 @@ SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [
 
 
 def dev_server_flags() -> list[str]:
-    """`temporal server start-dev` flags that register rolecall's search attributes."""
-    flags: list[str] = []
+    """`temporal server start-dev` flags: rolecall's search attributes, and their cache on.
+
+    Unless told otherwise, start-dev turns the server's search-attribute cache off, so that a
+    new attribute is usable at once: every upsert, start and visibility record then reads the
+    cluster metadata and the namespace from SQLite, two reads per attribute (most of a
+    lifecycle's persistence operations, bench/README.md). A cluster caches them; rolecall's
+    attributes are registered by these same flags before anything runs, so the cache is safe.
+    """
+    flags = ["--dynamic-config-value", "system.forceSearchAttributesCacheRefreshOnRead=false"]
     for key in SEARCH_ATTRIBUTES:
         flags += ["--search-attribute", f"{key.name}={_DEV_SERVER_TYPES[key.indexed_value_type]}"]
     return flags

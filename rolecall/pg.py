@@ -238,42 +238,44 @@ ORDER BY here DESC NULLS LAST
 LIMIT 1
 """
 
-# Privileges held WITH GRANT OPTION (in this database, plus cluster-wide objects).
+# Privileges held WITH GRANT OPTION (in this database, plus cluster-wide objects). aclexplode
+# of a NULL ACL yields no rows, so `acl IS NOT NULL` changes no answer; it keeps the function
+# off most rows of pg_attribute and pg_proc, on the path every GRANT waits on.
 _GRANT_OPTIONS = """
 SELECT r.rolname, g.kind, g.name, g.privilege FROM (
     SELECT a.grantee, c.relkind::text AS kind, c.oid::regclass::text AS name, a.privilege_type AS privilege
-      FROM pg_class c, aclexplode(c.relacl) a WHERE a.is_grantable
+      FROM pg_class c, aclexplode(c.relacl) a WHERE c.relacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'column', c.oid::regclass::text || '.' || quote_ident(at.attname), a.privilege_type
       FROM pg_attribute at JOIN pg_class c ON c.oid = at.attrelid, aclexplode(at.attacl) a
-      WHERE a.is_grantable
+      WHERE at.attacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'function', p.oid::regprocedure::text, a.privilege_type
-      FROM pg_proc p, aclexplode(p.proacl) a WHERE a.is_grantable
+      FROM pg_proc p, aclexplode(p.proacl) a WHERE p.proacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'schema', quote_ident(n.nspname), a.privilege_type
-      FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.is_grantable
+      FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'type', t.oid::regtype::text, a.privilege_type
-      FROM pg_type t, aclexplode(t.typacl) a WHERE a.is_grantable
+      FROM pg_type t, aclexplode(t.typacl) a WHERE t.typacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'database', quote_ident(d.datname), a.privilege_type
-      FROM pg_database d, aclexplode(d.datacl) a WHERE a.is_grantable
+      FROM pg_database d, aclexplode(d.datacl) a WHERE d.datacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'language', quote_ident(l.lanname), a.privilege_type
-      FROM pg_language l, aclexplode(l.lanacl) a WHERE a.is_grantable
+      FROM pg_language l, aclexplode(l.lanacl) a WHERE l.lanacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'tablespace', quote_ident(s.spcname), a.privilege_type
-      FROM pg_tablespace s, aclexplode(s.spcacl) a WHERE a.is_grantable
+      FROM pg_tablespace s, aclexplode(s.spcacl) a WHERE s.spcacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'large object', l.oid::text, a.privilege_type
-      FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a WHERE a.is_grantable
+      FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a WHERE l.lomacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'foreign server', quote_ident(f.srvname), a.privilege_type
-      FROM pg_foreign_server f, aclexplode(f.srvacl) a WHERE a.is_grantable
+      FROM pg_foreign_server f, aclexplode(f.srvacl) a WHERE f.srvacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT a.grantee, 'foreign-data wrapper', quote_ident(w.fdwname), a.privilege_type
-      FROM pg_foreign_data_wrapper w, aclexplode(w.fdwacl) a WHERE a.is_grantable
+      FROM pg_foreign_data_wrapper w, aclexplode(w.fdwacl) a WHERE w.fdwacl IS NOT NULL AND a.is_grantable
   UNION ALL
     SELECT m.member, 'role', quote_ident(m.roleid::regrole::text), 'ADMIN OPTION'
       FROM pg_auth_members m WHERE m.admin_option

@@ -33,6 +33,15 @@ def _ident(name: str) -> sql.Identifier:
             "CREATE TABLE {obj} (x int); GRANT SELECT ON {obj} TO {role} WITH GRANT OPTION",
             "holds SELECT on table {obj} WITH GRANT OPTION",
         ),
+        (
+            "CREATE TABLE {obj} (x int); GRANT UPDATE (x) ON {obj} TO {role} WITH GRANT OPTION",
+            "holds UPDATE on column {obj}.x WITH GRANT OPTION",
+        ),
+        (
+            "CREATE FUNCTION {obj}() RETURNS int LANGUAGE sql AS 'select 1'; "
+            "GRANT EXECUTE ON FUNCTION {obj}() TO {role} WITH GRANT OPTION",
+            "holds EXECUTE on function {obj}() WITH GRANT OPTION",
+        ),
         ("CREATE ROLE {obj}; GRANT {obj} TO {role} WITH ADMIN OPTION", "holds ADMIN OPTION on role {obj}"),
     ],
 )

@@ -27,6 +27,7 @@ from listeners import Deps, register_listeners
 from rolecall.config import ConfigStore, Settings, load_settings
 from rolecall.errors import ConfigError
 from rolecall.logs import setup_logging
+from rolecall.slack_client import kept_alive
 from rolecall.slack_client import web_client as make_web_client
 from rolecall.slack_identity import SlackIdentity
 
@@ -85,7 +86,14 @@ async def serve(settings: Settings) -> None:
         client = await connect(settings)
     except RuntimeError as e:
         raise ConfigError(f"cannot reach Temporal at {settings.temporal_address}: {e}") from e
-    slack_web = _client_from_env()
+    async with kept_alive(_client_from_env()) as slack_web:
+        await _serve_with(config, client, settings, slack_web)
+
+
+async def _serve_with(
+    config: ConfigStore, client: Client, settings: Settings, slack_web: AsyncWebClient
+) -> None:
+    """Serve until SIGINT/SIGTERM, in HTTP mode or Socket Mode."""
     identity = SlackIdentity(slack_web, settings.slack_team_id, settings.slack_enterprise_id)
     try:
         # Ask auth.test now rather than on the first click (it is cached from then on).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -193,7 +194,12 @@ async def run(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker, asyncio.TaskGroup() as background:
+    slack_session = contextlib.AsyncExitStack()
+    if slack_client is not None:
+        from rolecall.slack_client import kept_alive
+
+        await slack_session.enter_async_context(kept_alive(slack_client))
+    async with slack_session, worker, asyncio.TaskGroup() as background:
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_bind)
             reporter = background.create_task(

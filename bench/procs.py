@@ -135,13 +135,14 @@ async def until_stopped() -> None:
 
 
 async def bench_worker() -> None:
-    """What `rolecall worker` runs, but with the Slack client pointed at the fake.
+    """What `rolecall worker` runs (the same build_worker), with the bench's experiments.
 
-    `worker.run` builds its Slack client without a base URL (SLACK_API_URL is only read by
-    the Slack app), so it cannot be aimed at a local fake; this is the same build_worker.
+    The Slack client points at the fake, and `--worker-option` and `--tracemalloc` reach in
+    here, which `worker.run` does not allow.
     """
     from activities.slack import web_client
     from rolecall.config import ConfigStore, Settings
+    from rolecall.slack_client import kept_alive
     from rolecall.temporal import connect
     from worker import build_worker
 
@@ -172,7 +173,7 @@ async def bench_worker() -> None:
         from rolecall.schedules import ensure_reconcile_schedules
 
         await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
-    async with worker:
+    async with kept_alive(slack), worker:  # as `rolecall worker` does
         print("bench worker ready", flush=True)
         await until_stopped()
 
@@ -182,22 +183,25 @@ async def bench_app() -> None:
     from aiohttp import web
 
     from rolecall.config import ConfigStore, Settings
+    from rolecall.slack_client import kept_alive, web_client
     from rolecall.temporal import connect
     from slack_app import build_app
 
     settings = Settings()
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
     client = await connect(settings)
-    app = build_app(config, client, settings)
-    port = config.get().slack.port
-    runner = web.AppRunner(app.web_app(path="/slack/events", port=port))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(f"Slack app listening on 127.0.0.1:{port}", flush=True)
-    try:
-        await until_stopped()
-    finally:
-        await runner.cleanup()
+    slack = web_client(os.environ["SLACK_BOT_TOKEN"], base_url=os.environ.get("SLACK_API_URL") or None)
+    async with kept_alive(slack):  # as serve does
+        app = build_app(config, client, settings, slack)
+        port = config.get().slack.port
+        runner = web.AppRunner(app.web_app(path="/slack/events", port=port))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(f"Slack app listening on 127.0.0.1:{port}", flush=True)
+        try:
+            await until_stopped()
+        finally:
+            await runner.cleanup()
 
 
 def serve_bare_http(port_file: str) -> int:

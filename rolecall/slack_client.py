@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -28,3 +31,20 @@ def web_client(
         AsyncRateLimitErrorRetryHandler(max_retry_count=rate_limit_retries),
     ]
     return client
+
+
+@contextlib.asynccontextmanager
+async def kept_alive(client: AsyncWebClient) -> AsyncIterator[AsyncWebClient]:
+    """Every call of `client` through one HTTP session, so its connections are kept alive.
+
+    Without a session slack_sdk opens one per call: each message paid a new TCP and TLS
+    handshake with slack.com, and the process's CPU for it. The session belongs to the running
+    event loop, hence a context manager around the process's life rather than the client.
+    """
+    timeout = aiohttp.ClientTimeout(total=client.timeout)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=client.trust_env_in_session) as session:
+        client.session = session
+        try:
+            yield client
+        finally:
+            client.session = None

@@ -157,6 +157,7 @@ class FakeSlack:
         self.views: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[Fault]] = {}
         self.limit: RateLimit | None = None  # off unless rate_limit() is called
+        self.connections = 0  # TCP connections accepted (HTTP/1.1 keeps them alive)
         self._buckets: dict[str, _Bucket] = {}
         # Socket Mode: a tests.fake_socket_mode.FakeSocketMode answers apps.connections.open.
         self.socket_mode: Any = None
@@ -319,6 +320,11 @@ class FakeSlack:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with fake._lock:
+                    fake.connections += 1
 
             def do_GET(self) -> None:
                 self._serve()
@@ -778,11 +784,13 @@ def world_context(
         from aiohttp import web
 
         from rolecall.config import ConfigStore, Settings
+        from rolecall.slack_client import kept_alive
         from slack_app import build_app
         from tests.conftest import DECISION_KEY
 
         role, login = roles.role(), roles.login()
         fake = FakeSlack().start()
+        sessions = contextlib.AsyncExitStack()  # the clients' HTTP sessions, as in the processes
         try:
             fake.add_user(ALICE, f"{login}@example.com", "Alice Example")
             fake.add_user(DBA, "DBA@example.com", "Dana DBA")
@@ -794,7 +802,7 @@ def world_context(
                     *(approvers or ["dba@example.com"]),
                     *([f"{login}@example.com"] if requester_approves else []),
                 ],
-                slack_client=web_client_for(fake),
+                slack_client=await sessions.enter_async_context(kept_alive(web_client_for(fake))),
                 **extra,
             )
             key = DECISION_KEY.decode() if signed else None
@@ -802,7 +810,9 @@ def world_context(
                 ConfigStore(stack.config_path),
                 slack_temporal or stack.client,
                 Settings(task_queue=stack.task_queue, decision_key=key),
-                web_client=web_client_for(fake, rate_limit_retries=3),
+                web_client=await sessions.enter_async_context(
+                    kept_alive(web_client_for(fake, rate_limit_retries=3))
+                ),
                 signing_secret=SECRET,
             )
             runner = web.AppRunner(app.web_app(path="/slack/events"))
@@ -816,6 +826,7 @@ def world_context(
             finally:
                 await runner.cleanup()
         finally:
+            await sessions.aclose()
             fake.stop()
 
     return world()

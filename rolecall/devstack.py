@@ -101,7 +101,12 @@ def start_temporal() -> subprocess.Popen[bytes]:
         time.sleep(0.2)
     added = _register_search_attributes()
     if added:
-        say(f"registered search attributes: {', '.join(added)}")
+        # The server caches its search attributes (dev_server_flags) and would refuse the new
+        # ones for a while; a restart loads them, and finds nothing more to add.
+        say(f"registered search attributes: {', '.join(added)}; restarting the dev server")
+        proc.terminate()
+        proc.wait(timeout=30)
+        return start_temporal()
     say(f"Temporal dev server on localhost:{TEMPORAL_PORT}, UI at http://localhost:{UI_PORT}")
     return proc
 

@@ -91,11 +91,18 @@ def test_make_run_stack_grants_and_keeps_requests_across_restarts(tmp_path: Path
         # The demo's admin login is the least-privilege one `rolecall setup-sql` describes.
         dsn_line = next(line for line in lines if "export ROLECALL_DEMO_DSN=" in line)
         assert "user=rolecall_admin" in dsn_line
+        # As if this database came from a release without RolecallApprovers: the next start
+        # adds it, and restarts the server so that its cache holds it.
+        removed = _temporal(
+            port, "operator", "search-attribute", "remove", "--name", "RolecallApprovers", "--yes"
+        )
+        assert removed.returncode == 0, removed.stderr
     finally:
         assert _stop(proc) == 0
 
-    proc, _ = _start(tmp_path, env)  # the same state directory: the request is still there
+    proc, lines = _start(tmp_path, env)  # the same state directory: the request is still there
     try:
+        assert any("registered search attributes: RolecallApprovers; restarting" in line for line in lines)
         r = _cli(env, tmp_path, "status", rid, "--json")
         assert r.returncode == 0, r.stderr
         assert f'"state": "{RequestState.GRANTED.value}"' in r.stdout
@@ -111,5 +118,23 @@ def test_make_run_stack_grants_and_keeps_requests_across_restarts(tmp_path: Path
                 raise AssertionError("alice can still read orders")
             except psycopg.errors.InsufficientPrivilege:
                 pass
+        # A new request sets the re-added attribute (its check upserts the approvers).
+        r = _cli(env, tmp_path, "request", "--instance", "demo", "--role", "analytics_ro",
+                 "--duration", "15m", "--reason", "look again", "--as", "alice@example.com")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        query = (
+            f'RolecallApprovers = "dba@example.com" AND WorkflowId = "{rid}" AND ExecutionStatus = "Running"'
+        )
+        deadline = time.monotonic() + 20
+        while rid not in _temporal(port, "workflow", "list", "--query", query).stdout:
+            assert time.monotonic() < deadline, "the new request never showed its approvers"
+            time.sleep(0.3)
     finally:
         assert _stop(proc) == 0
+
+
+def _temporal(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    return subprocess.run(
+        [binary, *args, "--address", f"localhost:{port}"], capture_output=True, text=True, timeout=30
+    )

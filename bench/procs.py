@@ -147,14 +147,17 @@ async def bench_worker() -> None:
     from worker import build_worker
 
     options = worker_options()
-    if options:  # an experiment (--worker-option): extra temporalio Worker arguments
-        import functools
-
+    if options:  # an experiment (--worker-option): temporalio Worker arguments
         from temporalio.worker import Worker
 
         import worker as worker_module
 
-        setattr(worker_module, "Worker", functools.partial(Worker, **options))  # noqa: B010
+        def with_options(*args: Any, **kwargs: Any) -> Worker:
+            # Over build_worker's own arguments: a functools.partial would lose to them, and
+            # max_cached_workflows=N silently ran with the default.
+            return Worker(*args, **{**kwargs, **options})
+
+        setattr(worker_module, "Worker", with_options)  # noqa: B010
         print(f"bench worker options: {options}", flush=True)
     trace_memory("worker")
     settings = Settings()

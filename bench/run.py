@@ -141,7 +141,8 @@ async def bench(args: argparse.Namespace) -> int:
 
         tuning = Settings()
         report.note(
-            f"worker settings (both workers): max_cached_workflows {tuning.max_cached_workflows}, "
+            "worker settings (both workers): max_cached_workflows "
+            f"{options.get('max_cached_workflows', tuning.max_cached_workflows)}, "
             f"workflow sandbox {'on' if tuning.workflow_sandbox else 'off'}"
         )
         watcher = Watcher(stack.dsn, 0.01)

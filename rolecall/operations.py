@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -67,14 +68,46 @@ from rolecall.temporal import (
     request_id,
 )
 
+# How long a new request waits for a finished run with its id to close (that run is only
+# sending its last notification).
+_CLOSING_WAIT = 30.0
+
 
 async def submit(client: Client, req: AccessRequest, task_queue: str) -> RequestStatus:
-    """Start the request's workflow and wait for its check; raise the refusal as an error."""
+    """Start the request's workflow and wait for its check; raise the refusal as an error.
+
+    The request id is the same for every request of one role by one person, so asking again
+    right after a refusal can meet the refused run still open, telling its requester. That
+    one is waited for (bounded), then the new request starts; an open one is a refusal.
+    """
     if req.duration <= timedelta(0):
         raise BadDuration("duration must be positive")
     req = req.model_copy(update={"requester": req.requester.strip().lower()})
     wf_id = request_id(req.instance, req.role, req.requester)
-    start: WithStartWorkflowOperation[Any, RequestStatus] = WithStartWorkflowOperation(
+    for attempt in (1, 2):
+        start = _start(req, wf_id, task_queue)
+        try:
+            status: RequestStatus = await client.execute_update_with_start_workflow(
+                contract.SUBMITTED, start_workflow_operation=start, result_type=RequestStatus
+            )
+            break
+        except (WorkflowAlreadyStartedError, RPCError) as e:
+            if isinstance(e, RPCError) and e.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
+            with contextlib.suppress(Exception):  # its handle holds the same error: read it,
+                await start.workflow_handle()  # or asyncio logs it as never retrieved
+            if attempt == 2 or not await _closed_after_finishing(client, wf_id):
+                raise AlreadyRequested(
+                    f"you already have a pending or active request for role {req.role!r} "
+                    f"on instance {req.instance!r} ({wf_id})"
+                ) from None
+    if status.state == RequestState.REJECTED:
+        raise error_for(status)
+    return status
+
+
+def _start(req: AccessRequest, wf_id: str, task_queue: str) -> WithStartWorkflowOperation[Any, RequestStatus]:
+    return WithStartWorkflowOperation(
         contract.ACCESS_REQUEST,
         req,
         id=wf_id,
@@ -95,25 +128,23 @@ async def submit(client: Client, req: AccessRequest, task_queue: str) -> Request
         static_details=f"reason: {req.reason or '(none given)'}\nsource: {req.source}",
         result_type=RequestStatus,
     )
+
+
+async def _closed_after_finishing(client: Client, wf_id: str) -> bool:
+    """True once the open run with this id, already in a final state, has closed."""
     try:
-        status: RequestStatus = await client.execute_update_with_start_workflow(
-            contract.SUBMITTED, start_workflow_operation=start, result_type=RequestStatus
-        )
-    except WorkflowAlreadyStartedError:
-        raise AlreadyRequested(
-            f"you already have a pending or active request for role {req.role!r} "
-            f"on instance {req.instance!r} ({wf_id})"
-        ) from None
-    except RPCError as e:
-        if e.status == RPCStatusCode.ALREADY_EXISTS:
-            raise AlreadyRequested(
-                f"you already have a pending or active request for role {req.role!r} "
-                f"on instance {req.instance!r} ({wf_id})"
-            ) from None
-        raise
-    if status.state == RequestState.REJECTED:
-        raise error_for(status)
-    return status
+        existing = await get_status(client, wf_id)
+    except NotFound:
+        return True  # closed and gone meanwhile
+    if not existing.state.is_final:
+        return False
+    try:
+        await asyncio.wait_for(handle(client, wf_id).result(), _CLOSING_WAIT)
+    except TimeoutError:
+        return False
+    except Exception:  # it closed another way (failed, terminated): closed all the same
+        pass
+    return True
 
 
 def error_for(status: RequestStatus) -> RolecallError:

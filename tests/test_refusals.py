@@ -195,3 +195,22 @@ async def test_invalid_config_names_file_and_key(make_stack, roles: Roles, tmp_p
     r = await stack.cli("worker")
     assert r.code == 2
     assert "instances.demo: needs at least one approver" in r.err
+
+
+async def test_asking_again_right_after_a_refusal_is_checked_again(make_stack, roles: Roles) -> None:
+    """The refused run stays open while it tells its requester; a new request waits for it.
+
+    The fake Slack holds that last message for 3 s, so the second request meets the refused
+    run still open: it must get the check's answer again, not "already have a request".
+    """
+    from tests.fake_slack import world_context
+
+    missing = roles.name("missing")  # allowed by the config, absent from the database
+    async with world_context(make_stack, roles, more_roles=[missing]) as w:
+        w.fake.hang("chat.postMessage", seconds=3)
+        refusal = f"role {missing!r} does not exist on instance 'pg'"
+        for _ in range(2):
+            r = await w.stack.cli(
+                "request", "--instance", "pg", "--role", missing, "--duration", "1h", "--as", w.email
+            )
+            assert r.code == 2 and refusal in r.err, r.err

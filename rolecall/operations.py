@@ -96,7 +96,14 @@ async def submit(client: Client, req: AccessRequest, task_queue: str) -> Request
                 raise
             with contextlib.suppress(Exception):  # its handle holds the same error: read it,
                 await start.workflow_handle()  # or asyncio logs it as never retrieved
-            if attempt == 2 or not await _closed_after_finishing(client, wf_id):
+            # A second conflict is another request started meanwhile: an open one.
+            still_open = await _still_open(client, wf_id) if attempt == 1 else RequestState.PENDING
+            if still_open is not None and still_open.is_final:
+                raise AlreadyRequested(
+                    f"your previous request for role {req.role!r} on instance {req.instance!r} "
+                    f"({wf_id}) is {still_open.value} and still closing: ask again in a minute"
+                ) from None
+            if still_open is not None:
                 raise AlreadyRequested(
                     f"you already have a pending or active request for role {req.role!r} "
                     f"on instance {req.instance!r} ({wf_id})"
@@ -130,21 +137,21 @@ def _start(req: AccessRequest, wf_id: str, task_queue: str) -> WithStartWorkflow
     )
 
 
-async def _closed_after_finishing(client: Client, wf_id: str) -> bool:
-    """True once the open run with this id, already in a final state, has closed."""
+async def _still_open(client: Client, wf_id: str) -> RequestState | None:
+    """None once the run with this id has closed; else its state (a final one: not in time)."""
     try:
         existing = await get_status(client, wf_id)
     except NotFound:
-        return True  # closed and gone meanwhile
+        return None  # closed and gone meanwhile
     if not existing.state.is_final:
-        return False
+        return existing.state
     try:
         await asyncio.wait_for(handle(client, wf_id).result(), _CLOSING_WAIT)
     except TimeoutError:
-        return False
+        return existing.state
     except Exception:  # it closed another way (failed, terminated): closed all the same
         pass
-    return True
+    return None
 
 
 def error_for(status: RequestStatus) -> RolecallError:

@@ -214,3 +214,24 @@ async def test_asking_again_right_after_a_refusal_is_checked_again(make_stack, r
                 "request", "--instance", "pg", "--role", missing, "--duration", "1h", "--as", w.email
             )
             assert r.code == 2 and refusal in r.err, r.err
+
+
+async def test_a_refused_run_that_does_not_close_in_time_is_named_as_such(
+    make_stack, roles: Roles, monkeypatch
+) -> None:
+    from rolecall import operations
+    from tests.fake_slack import world_context
+
+    monkeypatch.setattr(operations, "_CLOSING_WAIT", 0.5)
+    missing = roles.name("missing")
+    async with world_context(make_stack, roles, more_roles=[missing]) as w:
+        w.fake.hang("chat.postMessage", seconds=4)
+        args = ("request", "--instance", "pg", "--role", missing, "--duration", "1h", "--as", w.email)
+        r = await w.stack.cli(*args)
+        assert r.code == 2 and f"role {missing!r} does not exist" in r.err, r.err
+        r = await w.stack.cli(*args)
+        assert r.code == 2
+        assert r.err.strip() == (
+            f"rolecall: error: your previous request for role {missing!r} on instance 'pg' "
+            f"(access/pg/{missing}/{w.email}) is rejected and still closing: ask again in a minute"
+        )

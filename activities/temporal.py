@@ -21,7 +21,15 @@ from temporalio.converter import DataConverter
 
 from rolecall import contract
 from rolecall.config import ConfigStore, Instance
-from rolecall.models import CheckResult, GrantResult, Ledger, ReconcileInput, RequestStatus, StrandedGrant
+from rolecall.models import (
+    AccessRequest,
+    CheckResult,
+    GrantResult,
+    Ledger,
+    ReconcileInput,
+    RequestStatus,
+    StrandedGrant,
+)
 from rolecall.temporal import EXPIRES_AT, INSTANCE, LOGIN, REQUESTER, ROLE, quote
 
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
@@ -45,6 +53,20 @@ async def _local_result(
     return (kind, marker.details["result"].payloads) if isinstance(kind, str) else None
 
 
+async def _held_grant(
+    converter: DataConverter, payloads: Sequence[Payload]
+) -> tuple[CheckResult, GrantResult] | None:
+    """A continued run's check and grant: they came in its input (HeldGrant), not its history."""
+    if not payloads:
+        return None
+    [req] = await converter.decode(payloads, [AccessRequest])
+    held = req.held
+    if held is None or held.status.db_user is None or held.status.duration is None:
+        return None
+    check = CheckResult(db_user=held.status.db_user, duration=held.status.duration, policy=held.policy)
+    return check, held.grant
+
+
 def _rfc3339(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -65,7 +87,7 @@ class TemporalActivities:
         cutoff = datetime.now(UTC) - config.reconcile.grace
         base = (
             f'WorkflowType = "{contract.ACCESS_REQUEST}" AND {INSTANCE.name} = "{quote(inp.instance)}" '
-            f'AND TaskQueue = "{quote(activity.info().task_queue)}"'
+            f'AND TaskQueue = "{quote(activity.info().task_queue)}" AND {contract.ONE_RUN_PER_REQUEST}'
         )
         stranded: list[StrandedGrant] = []
         async for wf in self._client.list_workflows(f'{base} AND {EXPIRES_AT.name} < "{_rfc3339(cutoff)}"'):
@@ -112,7 +134,13 @@ class TemporalActivities:
         grant: GrantResult | None = None
         converter = self._client.data_converter
         async for event in handle.fetch_history_events():
-            if event.HasField("marker_recorded_event_attributes"):
+            if event.HasField("workflow_execution_started_event_attributes"):
+                # A grant held past a minute continues in a fresh run, which starts with it.
+                started = event.workflow_execution_started_event_attributes
+                held = await _held_grant(converter, started.input.payloads)
+                if held is not None:
+                    check, grant = held
+            elif event.HasField("marker_recorded_event_attributes"):
                 # The check runs as a local activity since "local-database-reads": its
                 # result is in the marker the SDK records for it.
                 found = await _local_result(converter, event.marker_recorded_event_attributes)

@@ -17,7 +17,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, TextIO
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHistoryEventFilterType,
+)
 
 from rolecall import contract
 from rolecall.durations import format_duration
@@ -98,16 +103,41 @@ def window_query(since: datetime, until: datetime) -> str:
 
 
 async def records(client: Client, since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """One record per request started in [since, until), oldest first."""
-    executions = [wf async for wf in client.list_workflows(window_query(since, until))]
+    """One record per request started in [since, until), oldest first.
+
+    A request whose grant continued in a fresh run (rolecall.models.HeldGrant) is found by
+    its first run, which started when it was asked, and told from its last run.
+    """
+    executions = [
+        wf async for wf in client.list_workflows(window_query(since, until)) if not _continuation(wf)
+    ]
     gate = asyncio.Semaphore(_PARALLEL)
 
     async def one(wf: WorkflowExecution) -> dict[str, Any]:
         async with gate:
+            if wf.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                wf = await _last_run(client, wf)
             return await record(client, wf)
 
     rows = await asyncio.gather(*(one(wf) for wf in executions))
     return sorted(rows, key=lambda r: (r["requested_at"] or "", r["id"]))
+
+
+def _continuation(wf: WorkflowExecution) -> bool:
+    """A run a request continued into carries when it was asked in its memo (visibility does
+    not fill in first_run_id)."""
+    return contract.REQUESTED_AT in wf.raw_info.memo.fields
+
+
+async def _last_run(client: Client, first: WorkflowExecution) -> WorkflowExecution:
+    """The run a request continued into, named by its first run's closing event (the same ID
+    may hold later requests, so the chain is followed, not the ID)."""
+    h = client.get_workflow_handle(first.id, run_id=first.run_id)
+    async for event in h.fetch_history_events(event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT):
+        if event.HasField("workflow_execution_continued_as_new_event_attributes"):
+            run_id = event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            return await client.get_workflow_handle(first.id, run_id=run_id).describe()
+    return first
 
 
 async def record(client: Client, wf: WorkflowExecution) -> dict[str, Any]:

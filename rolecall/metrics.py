@@ -130,7 +130,8 @@ class _ActivityMetrics(ActivityInboundInterceptor):
 def open_grants_query(task_queue: str, instance: str) -> str:
     return (
         f'WorkflowType = "{contract.ACCESS_REQUEST}" AND TaskQueue = "{quote(task_queue)}" '
-        f'AND RolecallInstance = "{quote(instance)}" AND RolecallState IN ("granted", "revoking")'
+        f'AND RolecallInstance = "{quote(instance)}" AND RolecallState IN ("granted", "revoking") '
+        f"AND {contract.ONE_RUN_PER_REQUEST}"
     )
 
 

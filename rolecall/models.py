@@ -65,6 +65,8 @@ class AccessRequest(Model):
     source: Literal["slack", "cli"] = "cli"
     slack_user_id: str | None = None
     break_glass: bool = False  # emergency access: granted at once, reviewed afterwards
+    # Set only by the workflow itself when a held grant continues in a fresh run (HeldGrant).
+    held: HeldGrant | None = None
 
 
 class Target(Model):
@@ -538,3 +540,29 @@ class Page(Model):
     rows: list[Listed]
     total: int
     next_page: str | None = None
+
+
+class HeldGrant(Model):
+    """A granted request carried into a fresh run of its workflow (continue-as-new).
+
+    A cached run costs the worker memory for every command it has issued so far (about 5 to
+    10 KB each, in the SDK's core: bench/README.md), and a run woken after eviction replays
+    its whole history. A grant that is held for longer than a minute is therefore carried
+    into a new run of the same workflow ID: the state below, and nothing of the history
+    that led to it. It holds what the rest of the lifecycle needs (who, what, until when,
+    how to revoke, where the messages are, the signatures already used) and the grant's
+    result, which the reconciler reads from the new run's input.
+    """
+
+    status: RequestStatus
+    policy: Policy
+    grant: GrantResult
+    owned: list[str] | None = None  # what the role owned at grant (None: not compared)
+    held_until: datetime | None = None  # the ledger's RolecallExpiresAt
+    messages: dict[str, MessageRef] = {}
+    signatures: list[str] = []  # signed decisions already used: each counts once
+    group_approvers: list[str] = []
+    observed: list[str] = []  # metrics already recorded
+
+
+AccessRequest.model_rebuild()

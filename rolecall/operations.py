@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio.client import (
@@ -58,6 +58,7 @@ from rolecall.policy import SIGNALS, VERIFIED, refusal
 from rolecall.temporal import (
     APPROVERS,
     BREAK_GLASS,
+    DATA_CONVERTER,
     EXPIRES_AT,
     INSTANCE,
     REQUESTER,
@@ -225,7 +226,7 @@ async def list_requests(
     client: Client, state: str | None = None, requester: str | None = None, limit: int = 200
 ) -> list[dict[str, str]]:
     """Rows from the visibility store: id, state, requester, instance, role, started."""
-    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"']
+    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"', contract.ONE_RUN_PER_REQUEST]
     if state:
         if state not in {s.value for s in RequestState}:
             raise BadRequest(f"unknown state {state!r} (one of: {', '.join(s.value for s in RequestState)})")
@@ -242,7 +243,7 @@ async def list_requests(
                 "requester": sa.get(REQUESTER) or "",
                 "instance": sa.get(INSTANCE) or "",
                 "role": sa.get(ROLE) or "",
-                "started": wf.start_time.isoformat(),
+                "started": requested_at(wf).isoformat(),
             }
         )
     return rows
@@ -283,7 +284,7 @@ async def catalog_roles(client: Client, task_queue: str, instance: str, wait: fl
 def _query(
     states: list[str] | None, requester: str | None, approver: str | None, not_requester: str | None
 ) -> str:
-    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"']
+    clauses = [f'WorkflowType = "{contract.ACCESS_REQUEST}"', contract.ONE_RUN_PER_REQUEST]
     known = {s.value for s in RequestState}
     for state in states or []:
         if state not in known:
@@ -333,6 +334,14 @@ async def page_requests(
     )
 
 
+def requested_at(wf: WorkflowExecution) -> datetime:
+    """When the request began: its run's start, or for a continued run what its memo kept."""
+    raw = wf.raw_info.memo.fields.get(contract.REQUESTED_AT)
+    if raw is None:
+        return wf.start_time
+    return datetime.fromisoformat(DATA_CONVERTER.payload_converter.from_payload(raw, str))
+
+
 def _listed(wf: WorkflowExecution) -> Listed:
     sa = wf.typed_search_attributes
     return Listed(
@@ -341,7 +350,7 @@ def _listed(wf: WorkflowExecution) -> Listed:
         requester=sa.get(REQUESTER) or "",
         instance=sa.get(INSTANCE) or "",
         role=sa.get(ROLE) or "",
-        started=wf.start_time,
+        started=requested_at(wf),
         expires_at=sa.get(EXPIRES_AT),
         rule=sa.get(RULE) or "",
         break_glass=bool(sa.get(BREAK_GLASS)),

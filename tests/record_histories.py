@@ -38,7 +38,9 @@ from worker import build_worker
 # v7: local-database-reads (the check and the look before the GRANT as local activities)
 # v8: changed-search-attributes (upserts carry only what changed), and every patch up to it
 #     folded into one marker, v8-folded (workflows/patches.py)
-VERSION = "v8"
+# v9: held-grant-continues (a grant held past a minute continues in a fresh run), folded with
+#     every earlier patch into v9-folded; recorded: both runs of a continued request
+VERSION = "v9"
 OUT = Path(__file__).parent / "histories"
 
 
@@ -112,8 +114,36 @@ async def main() -> None:
         (OUT / f"{VERSION}-{name}.json").write_text((await h.fetch_history()).to_json())
         print(name, (await get_status(client, s.id)).state.value)
 
+    async def continued() -> None:
+        """A grant held past a minute: the run that hands it on, and the run that ends it."""
+        async with worker():
+            s = await submit(
+                client,
+                AccessRequest(requester=email, instance="pg", role=role, duration=timedelta(seconds=75)),
+                "record",
+            )
+            h = handle(client, s.id)
+            first = (await h.describe()).run_id
+            await asyncio.sleep(0.5)
+            await decide(client, s.id, "approve", dba)
+            for _ in range(150):
+                if (await h.describe()).run_id != first:
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(1)
+            await decide(client, s.id, "relinquish", me)
+            await h.result()
+            first_run = client.get_workflow_handle(s.id, run_id=first)
+            (OUT / f"{VERSION}-continued_first_run.json").write_text(
+                (await first_run.fetch_history()).to_json()
+            )
+            (OUT / f"{VERSION}-continued_relinquished.json").write_text((await h.fetch_history()).to_json())
+            print("continued", (await get_status(client, s.id)).state.value)
+
     OUT.mkdir(exist_ok=True)
     try:
+        if VERSION >= "v9":
+            await continued()
         if VERSION >= "v6":
             async with worker():
                 s = await submit(

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
@@ -28,10 +29,22 @@ from workflows.access_request import AccessRequestWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
+async def _request_events(client: Client, rid: str) -> list[HistoryEvent]:
+    """The request's history, oldest first, across the runs a held grant continued through."""
+    runs: list[list[HistoryEvent]] = []
+    run_id: str | None = None
+    while True:
+        run = [e async for e in client.get_workflow_handle(rid, run_id=run_id).fetch_history_events()]
+        runs.insert(0, run)
+        run_id = run[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not run_id:
+            return [e for events in runs for e in events]
+
+
 async def _notified_events(client: Client, rid: str) -> list[str]:
-    """The notification events the workflow scheduled, read from its Temporal history."""
+    """The notification events the request scheduled, read from its Temporal history."""
     events = []
-    async for e in handle(client, rid).fetch_history_events():
+    for e in await _request_events(client, rid):
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = e.activity_task_scheduled_event_attributes
             if attrs.activity_type.name == "notify":

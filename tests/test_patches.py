@@ -19,9 +19,21 @@ from workflows.access_request import AccessRequestWorkflow
 
 
 def _as_v7(self: patches.Patches, patch_id: str) -> bool:
-    """What v7 asked: every patch on its own, and nothing about what v8 added."""
-    if patch_id == "changed-search-attributes":
+    """What v7 asked: every patch on its own, and nothing about what v8 or v9 added."""
+    if patch_id in ("changed-search-attributes", "held-grant-continues"):
         return False
+    return workflow.patched(patch_id)
+
+
+def _as_v8(self: patches.Patches, patch_id: str) -> bool:
+    """What v8 asked: the patches folded into v8-folded, and nothing about what v9 added."""
+    if patch_id == "held-grant-continues":
+        return False
+    if patch_id in patches.FOLDED:
+        if self._folded is None:
+            self._folded = workflow.patched(patches.FOLDED_INTO)
+        if self._folded:
+            return True
     return workflow.patched(patch_id)
 
 
@@ -69,10 +81,42 @@ async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
 
 
+async def test_a_request_granted_by_v8_is_revoked_by_v9(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    """A v8 grant does not continue in a fresh run under v9 (its expiry timer is already set):
+    it replays as recorded and is revoked by the v9 code, with no v9 marker."""
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role], worker=False)
+
+    def worker(sandbox: bool) -> Any:
+        return build_worker(
+            stack.client, ConfigStore(stack.config_path), stack.task_queue,
+            decision_key=DECISION_KEY, workflow_sandbox=sandbox,
+        )  # fmt: skip
+
+    with monkeypatch.context() as m:
+        m.setattr(patches.Patches, "on", _as_v8)
+        async with worker(sandbox=False):
+            rid = await stack.request(login, role, "1h")
+            await stack.cli("approve", rid, "--as", "dba@example.com")
+            await stack.wait_state(rid, RequestState.GRANTED)
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]
+
+    async with worker(sandbox=True):  # a fresh cache: the v9 code replays the v8 history first
+        r = await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
+        assert r.code == 0, r.err
+        status = await stack.wait_state(rid, RequestState.RELINQUISHED)
+    assert status.revoked_at is not None and not pg.is_member(login, role)
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]
+
+    history = await handle(stack.client, rid).fetch_history()
+    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=DATA_CONVERTER)
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+
+
 async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:
     role, login = roles.role(), roles.login()
     stack = await make_stack([role])
     rid = await stack.request(login, role, "1h")
     await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
     await stack.wait_state(rid, RequestState.DENIED)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V9]

@@ -11,10 +11,10 @@ import asyncio
 import builtins
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import RetryPolicy, SearchAttributeUpdate, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 from temporalio.workflow import ActivityCancellationType
 
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from activities.pagerduty import PagerDutyActivities
     from activities.postgres import PostgresActivities
+    from rolecall import contract
     from rolecall.durations import format_duration
     from rolecall.errors import NON_RETRYABLE, RolecallError
     from rolecall.metrics import observe
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         GrantResult,
         GroupCheck,
         GroupMembership,
+        HeldGrant,
         MessageRef,
         Notification,
         NotificationEvent,
@@ -92,6 +94,9 @@ _LOCAL_READ_RETRY = RetryPolicy(
 _REVOKE_FIRST_RETRY = timedelta(seconds=1)
 _REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
+# A grant held this long, with nothing else under way, continues in a fresh run (HeldGrant):
+# long enough that a grant relinquished within seconds never pays for a new run.
+_CONTINUE_AFTER = timedelta(minutes=1)
 
 
 def failure_reason(err: BaseException) -> tuple[str, str | None]:
@@ -172,11 +177,15 @@ class AccessRequestWorkflow:
         self._nag_task: asyncio.Task[None] | None = None
         self._group_approvers: set[str] = set()  # approvers only through an approver group
         self._patches = Patches()
+        self._granted: GrantResult | None = None
+        self._may_continue = False  # held past _CONTINUE_AFTER: continue once nothing is under way
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     @workflow.run
     async def run(self, req: AccessRequest) -> RequestStatus:
+        if req.held is not None:
+            return await self._resume(req.held)
         s = self._status
         self._set_state(RequestState.PENDING, "checking the request")
         try:
@@ -252,6 +261,7 @@ class AccessRequestWorkflow:
         granted = await self._grant(policy)
         if isinstance(granted, RequestStatus):
             return granted
+        self._granted = granted
         return await self._hold_then_revoke(policy, granted.owned)
 
     async def _grant(self, policy: Policy) -> GrantResult | RequestStatus:
@@ -403,10 +413,20 @@ class AccessRequestWorkflow:
             self._held_until = s.expires_at
         self._set_state(RequestState.GRANTED, f"granted until {s.expires_at:%Y-%m-%d %H:%M:%S} UTC")
         self._notify("granted")
+        continue_at = s.granted_at + _CONTINUE_AFTER if self._patches.on("held-grant-continues") else None
+        return await self._held(policy, owned, continue_at)
+
+    async def _held(
+        self, policy: Policy, owned: list[str] | None, continue_at: datetime | None
+    ) -> RequestStatus:
+        """Wait for the expiry or relinquish, then revoke; or continue in a fresh run (HeldGrant)."""
+        s = self._status
         final = RequestState.EXPIRED
         try:
             if self._patches.on("day-two"):
-                final = await self._until_expiry(policy)
+                final = await self._until_expiry(policy, continue_at)
+                if final == RequestState.GRANTED:
+                    self._continue(policy, owned)
             else:
                 await workflow.wait_condition(
                     lambda: self._relinquished is not None,
@@ -438,11 +458,14 @@ class AccessRequestWorkflow:
         event: NotificationEvent = "expired" if final == RequestState.EXPIRED else "relinquished"
         return await self._finish(final, event)
 
-    async def _until_expiry(self, policy: Policy) -> RequestState:
+    async def _until_expiry(self, policy: Policy, continue_at: datetime | None = None) -> RequestState:
         """Wait for relinquish or the expiry, which an extension may move; warn once per expiry.
 
         The expiry timer fires first when an extension is approved in the same task: the
         grant ends as it was due to, and the extension is closed as expired (tested).
+        GRANTED: held past `continue_at` with nothing under way, the grant continues in a
+        fresh run. That moment shares the expiry's timer (the earlier of the two), so a
+        grant that ends before it costs no command more.
         """
         s = self._status
         assert s.expires_at is not None and s.duration is not None
@@ -457,14 +480,27 @@ class AccessRequestWorkflow:
             warn_at = expires - warning if warning and s.expiry_warned_for != expires else None
             if warn_at is not None and warn_at <= now:
                 warn_at = None
-            wake = warn_at or expires
+            if continue_at is not None and continue_at <= now:
+                self._may_continue, continue_at = True, None
+            if self._may_continue and self._quiet():
+                return RequestState.GRANTED
+            wake, summary = warn_at or expires, "expiry warning" if warn_at else "grant expiry"
+            checkpoint = continue_at is not None and continue_at < wake
+            if checkpoint and continue_at is not None:
+                wake, summary = continue_at, "continue in a fresh run"
             try:
                 await workflow.wait_condition(
-                    lambda e=expires: self._relinquished is not None or s.expires_at != e,  # type: ignore[misc]
+                    lambda e=expires: (
+                        self._relinquished is not None  # type: ignore[misc]
+                        or s.expires_at != e
+                        or (self._may_continue and self._quiet())
+                    ),
                     timeout=wake - now,
-                    timeout_summary="expiry warning" if warn_at else "grant expiry",
+                    timeout_summary=summary,
                 )
             except builtins.TimeoutError:
+                if checkpoint:
+                    continue  # continue_at has passed: the loop marks it
                 if warn_at is None:
                     return RequestState.EXPIRED
                 s.expiry_warned_for = expires
@@ -472,6 +508,78 @@ class AccessRequestWorkflow:
                 continue
             if self._relinquished is not None:
                 return RequestState.RELINQUISHED
+
+    def _quiet(self) -> bool:
+        """Nothing is under way that a fresh run would not carry: a notification, a review,
+        a pending extension, a decision being settled, or a handler still running."""
+        return (
+            self._relinquished is None
+            and (self._notify_tail is None or self._notify_tail.done())
+            and (self._review_task is None or self._review_task.done())
+            and (self._nag_task is None or self._nag_task.done())
+            and self._pending_extension() is None
+            and self._settling == 0
+            and workflow.all_handlers_finished()
+        )
+
+    def _continue(self, policy: Policy, owned: list[str] | None) -> NoReturn:
+        """Carry the held grant into a fresh run of this workflow ID (HeldGrant says why).
+
+        The ledger moves with it: the new run starts with RolecallExpiresAt set, and this run
+        closes without it, so the reconciler never takes the closed run for a stranded grant.
+        """
+        s = self._status
+        assert self._granted is not None
+        held = HeldGrant(
+            status=s,
+            policy=policy,
+            grant=self._granted,
+            owned=owned,
+            held_until=self._held_until,
+            messages=dict(self._messages),
+            signatures=sorted(self._signatures),
+            group_approvers=sorted(self._group_approvers),
+            observed=sorted(self._observed),
+        )
+        attributes = TypedSearchAttributes(list(workflow.info().typed_search_attributes))
+        if self._held_until is not None:
+            workflow.upsert_search_attributes([EXPIRES_AT.value_unset()])
+        req = self._req
+        workflow.continue_as_new(
+            AccessRequest(
+                requester=req.requester,
+                requester_name=req.requester_name,
+                instance=req.instance,
+                role=req.role,
+                duration=req.duration,
+                reason=req.reason,
+                source=req.source,
+                slack_user_id=req.slack_user_id,
+                break_glass=req.break_glass,
+                held=held,
+            ),
+            search_attributes=attributes,
+            memo={contract.REQUESTED_AT: s.requested_at.isoformat()},
+        )
+
+    async def _resume(self, held: HeldGrant) -> RequestStatus:
+        """The rest of a held grant's lifecycle, in the run it continued into."""
+        if workflow.info().continued_run_id is None:
+            # Only the request's own run can hand a grant on: a client cannot start one held.
+            self._status.error = "a held grant can only continue from its own request's run"
+            self._checked = True
+            return await self._finish(RequestState.REJECTED, None)
+        self._status, self._policy, self._granted = held.status, held.policy, held.grant
+        self._messages, self._held_until = dict(held.messages), held.held_until
+        self._signatures, self._group_approvers = set(held.signatures), set(held.group_approvers)
+        self._observed = set(held.observed)
+        self._decision, self._checked = "approve", True
+        s = self._status
+        assert s.expires_at is not None
+        self._set_state(
+            RequestState.GRANTED, f"granted until {s.expires_at:%Y-%m-%d %H:%M:%S} UTC (continued run)"
+        )
+        return await self._held(held.policy, held.owned, None)
 
     def _close_pending_extension(self, state: Literal["expired", "relinquished"]) -> None:
         """A pending extension ends with its grant (relinquish wins over it)."""

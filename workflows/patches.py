@@ -14,7 +14,10 @@ that true for requests caught mid-flight, because the code asks it at the same p
 older code asked its first patch.
 
 A patch added after v8 is not in `FOLDED`: it is asked about on its own, so that a v8 request
-replays without it. A later release may fold those into a second marker the same way.
+replays without it. v9 folds the same way: a request started on v9 records `v9-folded` alone
+and takes every behaviour up to v9 (`FOLDED_V9`). A v8 request asks `v9-folded` first, which
+its history answers no (nothing is recorded in replay), then `v8-folded` as before, at the
+same call site; a v8 request that reaches a v9 patch live takes it, as any patch.
 """
 
 from __future__ import annotations
@@ -43,14 +46,23 @@ FOLDED = frozenset(
     }
 )
 
+FOLDED_INTO_V9 = "v9-folded"
+FOLDED_V9 = FOLDED | {"held-grant-continues"}
+
 
 class Patches:
     """One run's answers to "does this request take the behaviour added by patch X?"."""
 
     def __init__(self) -> None:
         self._folded: bool | None = None
+        self._folded_v9: bool | None = None
 
     def on(self, patch_id: str) -> bool:
+        if patch_id in FOLDED_V9:
+            if self._folded_v9 is None:
+                self._folded_v9 = workflow.patched(FOLDED_INTO_V9)
+            if self._folded_v9:
+                return True
         if patch_id in FOLDED:
             if self._folded is None:
                 self._folded = workflow.patched(FOLDED_INTO)

@@ -57,6 +57,16 @@ class Patches:
         self._folded: bool | None = None
         self._folded_v9: bool | None = None
 
+    def fold(self) -> str:
+        """The fold this run took, for the run a held grant continues into ("" for none)."""
+        return FOLDED_INTO_V9 if self._folded_v9 else ""
+
+    def carry(self, fold: str) -> None:
+        """A continued run takes the fold of the run that handed it the grant, unrecorded:
+        that run's code wrote it into the input, so every replay reads the same answer."""
+        if fold == FOLDED_INTO_V9:
+            self._folded_v9 = True
+
     def on(self, patch_id: str) -> bool:
         if patch_id in FOLDED_V9:
             if self._folded_v9 is None:

@@ -505,12 +505,12 @@ class Config(_Strict):
             raise UnknownInstance(f"unknown instance {name!r} (configured: {known})") from None
 
 
-# Workflows kept in memory between their tasks (temporalio's default is 1,000). An open
-# request waits for hours on a timer; past the cache it is evicted and replayed from its
-# history when it wakes, which without the sandbox costs milliseconds. 500 keeps the worker
-# under 300 MB at 10,000 open requests (bench/results.md); raise it for more memory and
-# fewer replays when thousands of grants expire in the same minute.
-WORKFLOW_CACHE = 500
+# Workflows kept in memory between their tasks (temporalio's default is 1,000 too). An open
+# request waits for hours on a timer; past the cache it is evicted and replayed when it wakes.
+# Held grants continue in small fresh runs (rolecall.models.HeldGrant), so 1,000 keeps the
+# worker at 282 MB with 10,000 open requests and revokes 1,000 simultaneous expiries within
+# 8 s; at 500 they took up to 12 s, every wake evicting another about to wake (bench/README.md).
+WORKFLOW_CACHE = 1000
 
 
 class Settings(BaseSettings):

@@ -168,7 +168,7 @@ async def _product(b: Bench) -> tuple[float, float]:
         f"batches of {BATCH} at concurrency {b.counts.create_concurrency}; {len(bad)} failed); "
         f"Temporal dev server RSS {temporal_rss:.0f} MB; worker RSS after each batch: {', '.join(steps)}; "
         f"5 s after the last grant {just_after:.0f} MB; the figure is read {waited:.0f}s later, once "
-        "every grant has been held past the minute after which it continues in a fresh run"
+        "every grant has been held long enough to continue in a fresh run (_CONTINUE_AFTER)"
     )
     return rss, peak.value
 

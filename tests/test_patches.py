@@ -49,7 +49,10 @@ async def _patch_markers(client: Any, rid: str) -> list[str]:
     return [m["id"] for m in markers]
 
 
-async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles, pg, monkeypatch) -> None:
+async def _upgraded(make_stack, roles: Roles, pg, monkeypatch, older: Any) -> tuple[list[str], list[str]]:
+    """Granted on older code, relinquished on this code by a fresh worker (which replays the
+    older history first): the patch markers before and after. The grant is gone and the
+    whole history replays."""
     role, login = roles.role(), roles.login()
     stack = await make_stack([role], worker=False)
 
@@ -60,57 +63,38 @@ async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles
         )  # fmt: skip
 
     with monkeypatch.context() as m:
-        m.setattr(patches.Patches, "on", _as_v7)
+        m.setattr(patches.Patches, "on", older)
         async with worker(sandbox=False):  # the sandbox would re-import the real module
             rid = await stack.request(login, role, "1h")
             await stack.cli("approve", rid, "--as", "dba@example.com")
             await stack.wait_state(rid, RequestState.GRANTED)
     assert pg.is_member(login, role)
     before = await _patch_markers(stack.client, rid)
-    assert patches.FOLDED_INTO not in before and "ledger-search-attributes" in before
 
-    async with worker(sandbox=True):  # a fresh cache: the v8 code replays the v7 history first
+    async with worker(sandbox=True):  # a fresh cache: this code replays the older history first
         r = await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
         assert r.code == 0, r.err
         status = await stack.wait_state(rid, RequestState.RELINQUISHED)
     assert status.revoked_at is not None and not pg.is_member(login, role)
-    assert patches.FOLDED_INTO not in await _patch_markers(stack.client, rid)
 
     history = await handle(stack.client, rid).fetch_history()
     replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=DATA_CONVERTER)
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+    return before, await _patch_markers(stack.client, rid)
+
+
+async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v7)
+    assert patches.FOLDED_INTO not in before and "ledger-search-attributes" in before
+    assert patches.FOLDED_INTO not in after
 
 
 async def test_a_request_granted_by_v8_is_revoked_by_v9(make_stack, roles: Roles, pg, monkeypatch) -> None:
     """A v8 grant does not continue in a fresh run under v9 (its expiry timer is already set):
     it replays as recorded and is revoked by the v9 code, with no v9 marker."""
-    role, login = roles.role(), roles.login()
-    stack = await make_stack([role], worker=False)
-
-    def worker(sandbox: bool) -> Any:
-        return build_worker(
-            stack.client, ConfigStore(stack.config_path), stack.task_queue,
-            decision_key=DECISION_KEY, workflow_sandbox=sandbox,
-        )  # fmt: skip
-
-    with monkeypatch.context() as m:
-        m.setattr(patches.Patches, "on", _as_v8)
-        async with worker(sandbox=False):
-            rid = await stack.request(login, role, "1h")
-            await stack.cli("approve", rid, "--as", "dba@example.com")
-            await stack.wait_state(rid, RequestState.GRANTED)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]
-
-    async with worker(sandbox=True):  # a fresh cache: the v9 code replays the v8 history first
-        r = await stack.cli("relinquish", rid, "--as", f"{login}@example.com")
-        assert r.code == 0, r.err
-        status = await stack.wait_state(rid, RequestState.RELINQUISHED)
-    assert status.revoked_at is not None and not pg.is_member(login, role)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO]
-
-    history = await handle(stack.client, rid).fetch_history()
-    replayer = Replayer(workflows=[AccessRequestWorkflow], data_converter=DATA_CONVERTER)
-    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+    before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v8)
+    assert before == [patches.FOLDED_INTO]
+    assert after == [patches.FOLDED_INTO]
 
 
 async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:

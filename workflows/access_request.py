@@ -548,20 +548,8 @@ class AccessRequestWorkflow:
         attributes = TypedSearchAttributes(list(workflow.info().typed_search_attributes))
         if self._held_until is not None:
             workflow.upsert_search_attributes([EXPIRES_AT.value_unset()])
-        req = self._req
         workflow.continue_as_new(
-            AccessRequest(
-                requester=req.requester,
-                requester_name=req.requester_name,
-                instance=req.instance,
-                role=req.role,
-                duration=req.duration,
-                reason=req.reason,
-                source=req.source,
-                slack_user_id=req.slack_user_id,
-                break_glass=req.break_glass,
-                held=held,
-            ),
+            self._req.model_copy(update={"held": held}),
             search_attributes=attributes,
             memo={contract.REQUESTED_AT: s.requested_at.isoformat()},
         )

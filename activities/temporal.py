@@ -135,7 +135,7 @@ class TemporalActivities:
         converter = self._client.data_converter
         async for event in handle.fetch_history_events():
             if event.HasField("workflow_execution_started_event_attributes"):
-                # A grant held past a minute continues in a fresh run, which starts with it.
+                # A held grant continues in a fresh run (HeldGrant), which starts with it.
                 started = event.workflow_execution_started_event_attributes
                 held = await _held_grant(converter, started.input.payloads)
                 if held is not None:

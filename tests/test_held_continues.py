@@ -1,4 +1,4 @@
-"""A grant held past a minute continues in a fresh run of its workflow: memory and replay.
+"""A grant held past 15 s continues in a fresh run of its workflow: memory and replay.
 
 A cached run costs the worker memory for every command it issued, and a run woken after
 eviction replays its whole history (bench/README.md), so a held grant is carried into a

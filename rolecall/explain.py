@@ -165,13 +165,21 @@ class _Builder:
 
     # ---- reading --------------------------------------------------------------------
 
-    def query_oids(self) -> list[int]:
+    def query_oids(self, dbs: list[Database]) -> list[int]:
+        """The roles whose ACL entries are read: pg_database_owner's only when it can count.
+
+        It counts in a database whose owner is among the roles (`in_db`). Asking for it
+        otherwise would cost every read a scan of the whole catalogs: it is pinned, so
+        pg_shdepend does not index the grants made to it (rolecall.pg.acl_scope).
+        """
         oids = set(self.role.reachable) | (set(self.login.inherited) if self.login else set())
-        return sorted(oids | ({self.owner_role} if self.owner_role > 0 else set()))
+        if self.owner_role > 0 and any(d.owner in oids for d in dbs):
+            oids.add(self.owner_role)
+        return sorted(oids)
 
     async def read(self, conn: Conn, connect: Connect | None) -> None:
-        oids = self.query_oids()
         dbs, admin = await catalog.databases(conn)
+        oids = self.query_oids(dbs)
         self.databases = {d.name: d for d in dbs}
         self.raw += await catalog.shared_grants(conn, oids)
         self.owned = await catalog.owned(conn, sorted(self.role.reachable))

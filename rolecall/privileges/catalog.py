@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from rolecall.pg import acl_scope
 from rolecall.privileges.graph import Edge, RoleInfo
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
@@ -40,9 +41,10 @@ FROM pg_roles WHERE oid = ANY(%(oids)s::oid[]) OR rolname::text = ANY(%(names)s)
 """
 
 # ACLs that live in every database. A NULL ACL means the built-in default (acldefault), which
-# only matters to the owner here: PUBLIC's share is left out anyway.
-_OBJECTS = """
-SELECT a.grantee, o.kind, o.nsp, o.name, o.col, a.privilege_type, a.is_grantable, o.owner,
+# only matters to the owner here: PUBLIC's share is left out anyway. The large catalogs are
+# read only where pg_shdepend names one of the roles (rolecall.pg.acl_scope).
+_OBJECTS = sql.SQL(
+    """{deps}SELECT a.grantee, o.kind, o.nsp, o.name, o.col, a.privilege_type, a.is_grantable, o.owner,
        o.secdef, o.rls, o.forced
 FROM (
     SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
@@ -53,19 +55,19 @@ FROM (
            c.relowner AS owner, false AS secdef, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-      AND (c.relacl IS NOT NULL OR c.relowner = ANY(%(oids)s::oid[]))
+      AND (c.relacl IS NOT NULL OR c.relowner = ANY(%(oids)s::oid[])) {only_class}
   UNION ALL
     SELECT 'column', n.nspname::text, c.relname::text, at.attname::text, at.attacl, c.relowner, false,
            c.relrowsecurity, c.relforcerowsecurity
     FROM pg_attribute at JOIN pg_class c ON c.oid = at.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE at.attacl IS NOT NULL AND at.attnum > 0 AND NOT at.attisdropped
+    WHERE at.attacl IS NOT NULL AND at.attnum > 0 AND NOT at.attisdropped {only_columns}
   UNION ALL
     SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
                 WHEN 'w' THEN 'window function' ELSE 'function' END,
            n.nspname::text, p.proname::text || '(' || pg_get_function_identity_arguments(p.oid) || ')', '',
            coalesce(p.proacl, acldefault('f', p.proowner)), p.proowner, p.prosecdef, false, false
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE p.proacl IS NOT NULL OR p.proowner = ANY(%(oids)s::oid[])
+    WHERE (p.proacl IS NOT NULL OR p.proowner = ANY(%(oids)s::oid[])) {only_proc}
   UNION ALL
     SELECT 'schema', n.nspname::text, n.nspname::text, '', coalesce(n.nspacl, acldefault('n', n.nspowner)),
            n.nspowner, false, false, false
@@ -74,7 +76,7 @@ FROM (
     SELECT CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, n.nspname::text, t.typname::text, '',
            coalesce(t.typacl, acldefault('T', t.typowner)), t.typowner, false, false, false
     FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-    WHERE (t.typacl IS NOT NULL OR t.typowner = ANY(%(oids)s::oid[]))
+    WHERE (t.typacl IS NOT NULL OR t.typowner = ANY(%(oids)s::oid[])) {only_type}
       AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
       AND (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = t.typrelid AND r.relkind = 'c'))
   UNION ALL
@@ -92,10 +94,12 @@ FROM (
   UNION ALL
     SELECT 'large object', '', lo.oid::text, '', coalesce(lo.lomacl, acldefault('L', lo.lomowner)),
            lo.lomowner, false, false, false
-    FROM pg_largeobject_metadata lo WHERE lo.lomacl IS NOT NULL OR lo.lomowner = ANY(%(oids)s::oid[])
+    FROM pg_largeobject_metadata lo
+    WHERE (lo.lomacl IS NOT NULL OR lo.lomowner = ANY(%(oids)s::oid[])) {only_lo}
 ) o, aclexplode(o.acl) a
 WHERE a.grantee = ANY(%(oids)s::oid[])
 """
+)
 
 # Shared catalogs: the same answer from any database.
 _SHARED = """
@@ -251,9 +255,13 @@ async def owned(conn: Conn, oids: list[int]) -> list[tuple[str, str, int, str]]:
     return [(str(r), str(d), _i(n), str(x or "")) for r, d, n, x in await cur.fetchall()]
 
 
-async def database_rows(conn: Conn, oids: list[int]) -> DatabaseRows:
-    """The grants, default privileges and RLS policies of one database that concern `oids`."""
-    cur = await conn.execute(_OBJECTS, {"oids": oids})
+async def database_rows(conn: Conn, oids: list[int], whole: bool = False) -> DatabaseRows:
+    """The grants, default privileges and RLS policies of one database that concern `oids`.
+
+    `whole` scans the whole catalogs instead of pg_shdepend's objects (the same answer, slower;
+    the tests compare the two).
+    """
+    cur = await conn.execute(_OBJECTS.format(**acl_scope(oids, whole)), {"oids": oids})
     grants = [
         RawGrant(_i(g), str(k), str(s), str(n), str(c), str(p), bool(gr), _i(o), bool(sd), bool(r), bool(f))
         for g, k, s, n, c, p, gr, o, sd, r, f in await cur.fetchall()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+from bench.common import pct
 from bench.stack import Stack
 
 
@@ -63,3 +65,35 @@ async def history_shape(stack: Stack, workflow_id: str) -> str:
     acts = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in kinds.items())
     shape = f"{len(history.events)} events, {sum(kinds.values())} activities" + (f" ({acts})" if acts else "")
     return shape + (f", {markers} local activities" if markers else "")
+
+
+async def event_offsets(stack: Stack, workflow_id: str, origin: float, after: str) -> dict[str, float]:
+    """Seconds from `origin` (epoch) to each event of the workflow's last run from the first
+    `after` event on (event type names without EVENT_TYPE_), keyed "TYPE #n" (n counts that
+    type from `after`): where a request's time went, read from the server's own clock."""
+    from temporalio.api.enums.v1 import EventType
+
+    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    out: dict[str, float] = {}
+    seen: Counter[str] = Counter()
+    for event in history.events:
+        name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        if not out and name != after:
+            continue
+        seen[name] += 1
+        out[f"{name} #{seen[name]}"] = event.event_time.ToMicroseconds() / 1e6 - origin
+    return out
+
+
+def median_offsets(offsets: list[Any]) -> str:
+    """'TYPE #n p50 / p99' for every key present in at least half of `offsets`, in time order."""
+    good = [o for o in offsets if isinstance(o, dict)]
+    keys: dict[str, list[float]] = {}
+    for o in good:
+        for k, v in o.items():
+            keys.setdefault(k, []).append(v)
+    rows = sorted(((statistics.median(v), k, v) for k, v in keys.items() if len(v) * 2 >= len(good)))
+    return "; ".join(
+        f"{k.lower().replace('_', ' ')} {med * 1000:.0f} ms (p99 {pct(v, 99) * 1000:.0f})"
+        for med, k, v in rows
+    )

@@ -102,17 +102,28 @@ async def _product(b: Bench) -> tuple[list[float], list[float], list[float], lis
         raise RuntimeError(f"click set-up failed: {errors_of(rids)[:3]}")
     await asyncio.sleep(2)  # the "requested" notifications settle
     url = f"http://127.0.0.1:{stack.app_port}/slack/events"
+    clicked_at: dict[int, float] = {}
     async with (
         Sender(url, stack.fake_url) as sender,
         await psycopg.AsyncConnection.connect(stack.dsn, autocommit=True) as conn,
     ):
 
         async def click(i: int) -> float:
+            clicked_at[i] = time.time()
             _, acked = await sender.post(sender.approve_click(APPROVER_SLACK, str(rids[i])))
             return acked
 
         grant_lat, ack_lat = await _one_at_a_time(conn, stack, role, n, click)
         floor, floor_connect = await _bare_floor(conn, stack, n)
+    phases = await bounded(
+        8,
+        list(clicked_at.items()),
+        lambda x: product.event_offsets(stack, str(rids[x[0]]), x[1], "WORKFLOW_EXECUTION_SIGNALED"),
+    )
+    b.report.note(
+        "approve click: from the click to each event after the signal (history event times): "
+        + product.median_offsets(phases)
+    )
     await _give_back(stack, role, rids)
     return grant_lat, ack_lat, floor, floor_connect
 

@@ -31,7 +31,14 @@ from activities.notify import Notifier, NotifyActivities, no_approver_groups, no
 from activities.pagerduty import PagerDutyActivities
 from activities.postgres import PostgresActivities
 from activities.temporal import TemporalActivities
-from rolecall.config import GRACEFUL_SHUTDOWN, WORKFLOW_CACHE, ConfigStore, Settings, load_settings
+from rolecall.config import (
+    GRACEFUL_SHUTDOWN,
+    STICKY_TIMEOUT,
+    WORKFLOW_CACHE,
+    ConfigStore,
+    Settings,
+    load_settings,
+)
 from rolecall.durations import format_duration
 from rolecall.errors import ConfigError
 from rolecall.logs import setup_logging
@@ -105,6 +112,7 @@ def build_worker(
     decision_key: bytes | None = None,
     max_cached_workflows: int = WORKFLOW_CACHE,
     workflow_sandbox: bool = True,
+    sticky_timeout: timedelta = STICKY_TIMEOUT,
 ) -> Worker:
     """The worker with every workflow and activity registered; tests build theirs here too.
 
@@ -136,6 +144,7 @@ def build_worker(
         interceptors=[MetricsInterceptor(), *interceptors],
         graceful_shutdown_timeout=graceful_shutdown,
         max_cached_workflows=max_cached_workflows,
+        sticky_queue_schedule_to_start_timeout=sticky_timeout,
         workflow_runner=SandboxedWorkflowRunner() if workflow_sandbox else UnsandboxedWorkflowRunner(),
         workflows=[AccessRequestWorkflow, ReconcileWorkflow, CatalogWorkflow],
         activities=[
@@ -188,6 +197,7 @@ async def run(settings: Settings | None = None) -> None:
         interceptors=[in_flight],
         max_cached_workflows=settings.max_cached_workflows,
         workflow_sandbox=settings.workflow_sandbox,
+        sticky_timeout=settings.sticky_timeout,
     )
     await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
     stop = asyncio.Event()

@@ -171,6 +171,7 @@ async def bench_worker() -> None:
         slack_client=slack,
         max_cached_workflows=settings.max_cached_workflows,
         workflow_sandbox=settings.workflow_sandbox,
+        sticky_timeout=settings.sticky_timeout,
     )
     with contextlib.suppress(ImportError):  # as `rolecall worker` does, where it exists
         from rolecall.schedules import ensure_reconcile_schedules

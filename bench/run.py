@@ -143,6 +143,7 @@ async def bench(args: argparse.Namespace) -> int:
         report.note(
             "worker settings (both workers): max_cached_workflows "
             f"{options.get('max_cached_workflows', tuning.max_cached_workflows)}, "
+            f"sticky queue schedule-to-start timeout {tuning.sticky_timeout.total_seconds():g} s, "
             f"workflow sandbox {'on' if tuning.workflow_sandbox else 'off'}"
         )
         watcher = Watcher(stack.dsn, 0.01)

@@ -512,6 +512,16 @@ class Config(_Strict):
 # 8 s; at 500 they took up to 12 s, every wake evicting another about to wake (bench/README.md).
 WORKFLOW_CACHE = 1000
 
+# How long a workflow task may wait on the worker's own (sticky) queue before the server moves
+# it to the shared queue, where the next worker to poll takes it and replays the request from
+# its history. temporalio's 10 s, kept: it is also how late a revoke can be when the worker
+# holding the request is killed (tests/test_durability.py). A burst that queues tasks past it
+# snowballs instead: those time out, are replayed, and the replays lengthen the queue (1,000
+# grants ending in the same second were revoked up to 38 s late with "revoking" upserted
+# before each REVOKE; without that upsert every REVOKE's task starts within 10 s). Raise it
+# for bursts larger than that (bench/README.md, "Levers"; docs/operations.md).
+STICKY_TIMEOUT = timedelta(seconds=10)
+
 
 class Settings(BaseSettings):
     """Deployment settings from the environment (ROLECALL_*), never from the policy file."""
@@ -530,8 +540,10 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     graceful_shutdown: Duration = GRACEFUL_SHUTDOWN
     # Worker tuning (docs/operations.md, bench/README.md "Levers"): how many workflows stay in
-    # memory between their tasks, and whether workflow code runs in temporalio's sandbox.
+    # memory between their tasks, how long a task may wait for this worker before another
+    # takes it, and whether workflow code runs in temporalio's sandbox.
     max_cached_workflows: int = Field(default=WORKFLOW_CACHE, ge=0)
+    sticky_timeout: Duration = STICKY_TIMEOUT
     # Off in deployments: the sandbox re-imports the workflow's module for every workflow it
     # runs or replays (~140 KB of each cached workflow, and the replay cost of an evicted
     # one). Determinism is guarded where it can be fixed: the tests run the sandbox, and the

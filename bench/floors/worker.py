@@ -40,6 +40,7 @@ def product_worker_arguments(client: Client, config: ConfigStore) -> dict[str, A
             "unused",
             max_cached_workflows=settings.max_cached_workflows,
             workflow_sandbox=settings.workflow_sandbox,
+            sticky_timeout=settings.sticky_timeout,
         )
     finally:
         setattr(worker_module, "Worker", real)  # noqa: B010

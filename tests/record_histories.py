@@ -40,7 +40,10 @@ from worker import build_worker
 #     folded into one marker, v8-folded (workflows/patches.py)
 # v9: held-grant-continues (a grant held past 15 s continues in a fresh run), folded with
 #     every earlier patch into v9-folded; recorded: both runs of a continued request
-VERSION = "v9"
+# v10: revoking-indexed-when-failing ("revoking" reaches visibility only when the revoke
+#     fails), folded with every earlier patch into v10-folded
+VERSION = "v10"
+NUMBER = int(VERSION[1:])  # compared as a number: "v10" < "v9" as strings
 OUT = Path(__file__).parent / "histories"
 
 
@@ -142,9 +145,9 @@ async def main() -> None:
 
     OUT.mkdir(exist_ok=True)
     try:
-        if VERSION >= "v9":
+        if NUMBER >= 9:
             await continued()
-        if VERSION >= "v6":
+        if NUMBER >= 6:
             async with worker():
                 s = await submit(
                     client,
@@ -161,7 +164,7 @@ async def main() -> None:
                 await h.result()
                 (OUT / f"{VERSION}-extended.json").write_text((await h.fetch_history()).to_json())
                 print("extended", (await get_status(client, s.id)).state.value)
-        if VERSION >= "v5":
+        if NUMBER >= 5:
             async with worker():
                 for name, glass in (("two_of_two", False), ("break_glass", True)):
                     s = await submit(
@@ -184,7 +187,7 @@ async def main() -> None:
                     await h.result()
                     (OUT / f"{VERSION}-{name}.json").write_text((await h.fetch_history()).to_json())
                     print(name, (await get_status(client, s.id)).state.value)
-        if VERSION >= "v4":
+        if NUMBER >= 4:
             await offline("two_decisions_one_task", 0, [("approve", "plain"), ("deny", "plain")])
             await offline("approved_with_the_timeout", 3, [("approve", "signed")])
             async with worker():

@@ -17,23 +17,38 @@ from worker import build_worker
 from workflows import patches
 from workflows.access_request import AccessRequestWorkflow
 
+ADDED_IN_V9_OR_LATER = ("held-grant-continues", "revoking-indexed-when-failing")
+
 
 def _as_v7(self: patches.Patches, patch_id: str) -> bool:
-    """What v7 asked: every patch on its own, and nothing about what v8 or v9 added."""
-    if patch_id in ("changed-search-attributes", "held-grant-continues"):
+    """What v7 asked: every patch on its own, and nothing about what v8 or later added."""
+    if patch_id in ("changed-search-attributes", *ADDED_IN_V9_OR_LATER):
         return False
     return workflow.patched(patch_id)
 
 
 def _as_v8(self: patches.Patches, patch_id: str) -> bool:
-    """What v8 asked: the patches folded into v8-folded, and nothing about what v9 added."""
-    if patch_id == "held-grant-continues":
+    """What v8 asked: the patches folded into v8-folded, and nothing about what v9 or later added."""
+    if patch_id in ADDED_IN_V9_OR_LATER:
         return False
     if patch_id in patches.FOLDED:
-        if self._folded is None:
-            self._folded = workflow.patched(patches.FOLDED_INTO)
-        if self._folded:
+        if patches.FOLDED_INTO not in self._answers:
+            self._answers[patches.FOLDED_INTO] = workflow.patched(patches.FOLDED_INTO)
+        if self._answers[patches.FOLDED_INTO]:
             return True
+    return workflow.patched(patch_id)
+
+
+def _as_v9(self: patches.Patches, patch_id: str) -> bool:
+    """What v9 asked: v9-folded first, then v8-folded, and nothing about what v10 added."""
+    if patch_id == "revoking-indexed-when-failing":
+        return False
+    for name, members in ((patches.FOLDED_INTO_V9, patches.FOLDED_V9), (patches.FOLDED_INTO, patches.FOLDED)):
+        if patch_id in members:
+            if name not in self._answers:
+                self._answers[name] = workflow.patched(name)
+            if self._answers[name]:
+                return True
     return workflow.patched(patch_id)
 
 
@@ -91,10 +106,18 @@ async def test_a_request_granted_by_v7_is_revoked_by_v8(make_stack, roles: Roles
 
 async def test_a_request_granted_by_v8_is_revoked_by_v9(make_stack, roles: Roles, pg, monkeypatch) -> None:
     """A v8 grant does not continue in a fresh run under v9 (its expiry timer is already set):
-    it replays as recorded and is revoked by the v9 code, with no v9 marker."""
+    it replays as recorded and is revoked by the newer code, with no v9 marker (v10's revoke
+    records its own)."""
     before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v8)
     assert before == [patches.FOLDED_INTO]
-    assert after == [patches.FOLDED_INTO]
+    assert after == [patches.FOLDED_INTO, "revoking-indexed-when-failing"]
+
+
+async def test_a_request_granted_by_v9_is_revoked_by_v10(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    """A v9 grant relinquished under v10 takes v10's revoke, which records its own marker."""
+    before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v9)
+    assert before == [patches.FOLDED_INTO_V9]
+    assert after == [patches.FOLDED_INTO_V9, "revoking-indexed-when-failing"]
 
 
 async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:
@@ -103,4 +126,4 @@ async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) 
     rid = await stack.request(login, role, "1h")
     await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
     await stack.wait_state(rid, RequestState.DENIED)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V9]
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V10]

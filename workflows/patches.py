@@ -17,7 +17,8 @@ A patch added after v8 is not in `FOLDED`: it is asked about on its own, so that
 replays without it. v9 folds the same way: a request started on v9 records `v9-folded` alone
 and takes every behaviour up to v9 (`FOLDED_V9`). A v8 request asks `v9-folded` first, which
 its history answers no (nothing is recorded in replay), then `v8-folded` as before, at the
-same call site; a v8 request that reaches a v9 patch live takes it, as any patch.
+same call site; a v8 request that reaches a v9 patch live takes it, as any patch. v10 adds
+one fold more, the same way (`FOLDED_V10`).
 """
 
 from __future__ import annotations
@@ -49,33 +50,35 @@ FOLDED = frozenset(
 FOLDED_INTO_V9 = "v9-folded"
 FOLDED_V9 = FOLDED | {"held-grant-continues"}
 
+FOLDED_INTO_V10 = "v10-folded"
+FOLDED_V10 = FOLDED_V9 | {"revoking-indexed-when-failing"}
+
+# Newest first: a run asks a fold only about the patches it holds, and memoises the answer.
+_FOLDS = ((FOLDED_INTO_V10, FOLDED_V10), (FOLDED_INTO_V9, FOLDED_V9), (FOLDED_INTO, FOLDED))
+
 
 class Patches:
     """One run's answers to "does this request take the behaviour added by patch X?"."""
 
     def __init__(self) -> None:
-        self._folded: bool | None = None
-        self._folded_v9: bool | None = None
+        self._answers: dict[str, bool] = {}  # fold marker -> whether this run took it
 
     def fold(self) -> str:
         """The fold this run took, for the run a held grant continues into ("" for none)."""
-        return FOLDED_INTO_V9 if self._folded_v9 else ""
+        return next((name for name, _ in _FOLDS[:2] if self._answers.get(name)), "")
 
     def carry(self, fold: str) -> None:
         """A continued run takes the fold of the run that handed it the grant, unrecorded:
         that run's code wrote it into the input, so every replay reads the same answer."""
-        if fold == FOLDED_INTO_V9:
-            self._folded_v9 = True
+        if fold in (FOLDED_INTO_V10, FOLDED_INTO_V9):
+            self._answers[fold] = True
 
     def on(self, patch_id: str) -> bool:
-        if patch_id in FOLDED_V9:
-            if self._folded_v9 is None:
-                self._folded_v9 = workflow.patched(FOLDED_INTO_V9)
-            if self._folded_v9:
-                return True
-        if patch_id in FOLDED:
-            if self._folded is None:
-                self._folded = workflow.patched(FOLDED_INTO)
-            if self._folded:
+        for name, members in _FOLDS:
+            if patch_id not in members:
+                continue
+            if name not in self._answers:
+                self._answers[name] = workflow.patched(name)
+            if self._answers[name]:
                 return True
         return workflow.patched(patch_id)

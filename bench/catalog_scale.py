@@ -109,7 +109,8 @@ async def _measure(dsn: str, counts: list[int]) -> list[list[str]]:
             _grow(dsn, have, n, other)
             have = n
             print(f"[catalog] {n:,} tables ready ({time.monotonic() - started:.0f}s)", flush=True)
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            # As rolecall opens its own (rolecall.pg.open_dsn): no server-side prepared plans.
+            async with await rpg.open_dsn(dsn, connect_timeout=5, application_name="catalog_scale") as conn:
                 out.append(await _row(conn, role, n))
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:

@@ -155,7 +155,8 @@ def _worker_process(stack) -> subprocess.Popen[bytes]:
 async def test_worker_killed_while_granted_still_revokes_on_time(make_stack, roles: Roles, pg) -> None:
     """A `rolecall worker` process SIGKILLed mid-grant; a new one revokes at expiry.
 
-    Bound: revoked within 15 s of expiry (the sticky-queue timeout is 5 s, plus start-up).
+    Bound: revoked within 15 s of expiry (the sticky-queue timeout, ROLECALL_STICKY_TIMEOUT,
+    is 10 s: the expiry's task waits that long for the killed worker; plus start-up).
     """
     role, login = roles.role(), roles.login()
     stack = await make_stack([role], worker=False)

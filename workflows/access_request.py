@@ -443,9 +443,10 @@ class AccessRequestWorkflow:
             s.decision_reason = "workflow cancelled by an operator"
             final = RequestState.RELINQUISHED
         self._close_pending_extension("relinquished" if final == RequestState.RELINQUISHED else "expired")
-        # "revoking" reaches visibility only if the revoke fails (`_revoke`): an upsert costs
-        # the server more than the REVOKE's activity, and 1,000 grants ending in the same
-        # second queue every REVOKE behind them (bench/README.md, "Levers").
+        # "revoking" reaches visibility only when the revoke keeps failing, with the approvers'
+        # alert (`_revoke`): an upsert costs the server more than the REVOKE's activity, and
+        # 1,000 grants ending in the same second queued every REVOKE behind theirs
+        # (bench/README.md, "Levers (2026-12-03)").
         quiet = self._patches.on("revoking-indexed-when-failing")
         self._set_state(RequestState.REVOKING, f"{label(final)}, revoking", index=not quiet)
         result = await self._revoke(policy, owned)

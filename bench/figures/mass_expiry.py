@@ -225,7 +225,7 @@ def _rows(b: Bench, p: Expiry, floor: float, f: Expiry | None, rss_open: float) 
     b.report.note(
         f"mass expiry: expires_at spread {secs(p.spread)} across the {len(p.lateness)} grants; "
         f"creating them took {p.created_in:.1f}s ({n / p.created_in:.0f}/s "
-        f"at concurrency {b.counts.create_concurrency})"
+        f"at concurrency {b.counts.mass_create_concurrency})"
     )
     per = (rss_open - b.rss_idle) / n
     b.report.raw[f"rss_per_open:{n}"] = per

@@ -120,6 +120,15 @@ class Roles:
 
 
 @pytest.fixture
+def schema(pg: Postgres, roles: Roles) -> Iterator[str]:
+    """A schema of this test's own in the test database, dropped with what it holds."""
+    name = roles.name("s")
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    pg.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def fake_pd() -> Iterator[FakePagerDuty]:
     """A local PagerDuty REST API, its token in the environment while it runs."""
     with FakePagerDuty() as fake:

@@ -47,14 +47,6 @@ def run(pg: Postgres, text: str, **names: str) -> None:
 
 
 @pytest.fixture
-def schema(pg: Postgres, roles: Roles) -> Iterator[str]:
-    name = roles.name("s")
-    run(pg, "CREATE SCHEMA {s}", s=name)
-    yield name
-    run(pg, "DROP SCHEMA {s} CASCADE", s=name)
-
-
-@pytest.fixture
 def wrapper(pg: Postgres, roles: Roles) -> Iterator[tuple[str, str]]:
     w, srv = roles.name("fdw"), roles.name("srv")
     yield w, srv

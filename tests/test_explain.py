@@ -82,14 +82,6 @@ def db(pg: Postgres) -> str:
 
 
 @pytest.fixture
-def schema(pg: Postgres, roles: Roles) -> Iterator[str]:
-    name = roles.name("s")
-    run(pg, "CREATE SCHEMA {s}", s=name)
-    yield name
-    run(pg, "DROP SCHEMA {s} CASCADE", s=name)
-
-
-@pytest.fixture
 def second_db(pg: Postgres, roles: Roles) -> Iterator[str]:
     """A database of this test's own, dropped before its roles (they hold privileges in it)."""
     name = roles.name("db")

@@ -516,10 +516,10 @@ WORKFLOW_CACHE = 1000
 # it to the shared queue, where the next worker to poll takes it and replays the request from
 # its history. temporalio's 10 s, kept: it is also how late a revoke can be when the worker
 # holding the request is killed (tests/test_durability.py). A burst that queues tasks past it
-# snowballs instead: those time out, are replayed, and the replays lengthen the queue (1,000
-# grants ending in the same second were revoked up to 38 s late with "revoking" upserted
-# before each REVOKE; without that upsert every REVOKE's task starts within 10 s). Raise it
-# for bursts larger than that (bench/README.md, "Levers"; docs/operations.md).
+# snowballs instead: those time out, are replayed, and the replays lengthen the queue. 1,000
+# grants ending in the same second on 2 cores sit at the edge of it: revoked within 8.8 s
+# once, 26-40 s late under more load (bench/README.md, "Levers (2026-12-03)"). Raise it
+# for such bursts where a killed worker matters less (docs/operations.md).
 STICKY_TIMEOUT = timedelta(seconds=10)
 
 

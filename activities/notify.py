@@ -57,7 +57,7 @@ class LogNotifier:
     async def send(self, note: Notification) -> NotifyResult:
         level = logging.WARNING if note.event == "revoke_failing" else logging.INFO
         log.log(level, describe(note), extra={"request_id": note.status.id})
-        return NotifyResult(event=note.event)
+        return NotifyResult()
 
     async def report(self, report: ReconcileReport) -> None:
         log.warning(report.summary(), extra={"request_id": f"reconcile/{report.instance}"})

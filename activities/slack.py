@@ -53,21 +53,15 @@ class SlackNotifier:
         self._dm: dict[str, str] = {}  # user ID -> DM channel ID: stable, so opened once
 
     async def send(self, note: Notification) -> NotifyResult:
-        refs = dict(note.messages)
-        refs.update(_recorded_refs())
-        updated = _recorded_updates() | set(note.updated)
-        token = _UPDATED.set(updated)
+        token = _UPDATED.set(_recorded_updates())
         try:
-            if not _local():
-                return await self._send(note, refs)
-            try:
-                return await asyncio.wait_for(self._send(note, refs), LOCAL_ATTEMPT.total_seconds())
-            except Exception as e:
-                raise _handed_over(e, note, refs, updated) from e
+            return await self._send(note)
         finally:
             _UPDATED.reset(token)
 
-    async def _send(self, note: Notification, refs: dict[str, MessageRef]) -> NotifyResult:
+    async def _send(self, note: Notification) -> NotifyResult:
+        refs = dict(note.messages)
+        refs.update(_recorded_refs())
         s = note.status
         ev = note.event
         try:
@@ -134,9 +128,9 @@ class SlackNotifier:
             if error in ("channel_not_found", "not_in_channel", "users_not_found", "user_not_found"):
                 # Retrying cannot fix a wrong channel or an unknown user: log it and move on.
                 log.warning("slack: %s for %s (%s)", error, s.id, describe(note))
-                return NotifyResult(messages=refs, event=ev)
+                return NotifyResult(messages=refs)
             raise
-        return NotifyResult(messages=refs, event=ev)
+        return NotifyResult(messages=refs)
 
     async def _extension(self, s: RequestStatus, refs: dict[str, MessageRef], ev: str) -> None:
         """The ask lives in the approvers' thread, updated in place; the grant DM shows the expiry."""
@@ -316,33 +310,8 @@ def _rate_limited(e: SlackApiError, note: Notification) -> ApplicationError:
 _UPDATED: ContextVar[set[str] | None] = ContextVar("rolecall_slack_updated", default=None)
 
 
-# A local attempt runs inside the workflow task: it gives up well before its timeout, so that
-# what it posted and updated travels in its failure (the workflow hands it to the regular
-# activity) instead of being lost with a timed-out attempt and posted again.
-LOCAL_ATTEMPT = timedelta(seconds=4)
-
-
-def _local() -> bool:
-    return activity.in_activity() and activity.info().is_local
-
-
-def _handed_over(
-    e: Exception, note: Notification, refs: dict[str, MessageRef], updated: set[str]
-) -> ApplicationError:
-    """The local attempt's failure, carrying its progress: (messages posted, keys updated)."""
-    cause = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-    return ApplicationError(
-        f"local attempt of {note.event} for {note.status.id} failed ({cause}); the activity takes over",
-        {k: v.model_dump() for k, v in refs.items()},
-        sorted(updated),
-        type="NotifyHandedOver",
-        # After a 429 the activity starts once Slack's Retry-After has passed.
-        next_retry_delay=e.next_retry_delay if isinstance(e, ApplicationError) else None,
-    )
-
-
 def _recorded_details() -> list[Any]:
-    if not activity.in_activity() or activity.info().is_local:
+    if not activity.in_activity():
         return []
     return list(activity.info().heartbeat_details or [])
 
@@ -363,7 +332,7 @@ def _recorded_updates() -> set[str]:
 
 
 def _record_refs(refs: dict[str, MessageRef]) -> None:
-    if activity.in_activity() and not activity.info().is_local:  # a local one cannot heartbeat
+    if activity.in_activity():
         activity.heartbeat({k: v.model_dump() for k, v in refs.items()}, sorted(_UPDATED.get() or ()))
 
 

@@ -403,15 +403,10 @@ class Notification(Model):
     messages: dict[str, MessageRef] = {}
     detail: str = ""
     recipient: str | None = None  # a Slack user ID, for events told to one person
-    # Message keys a failed local attempt of this notification already updated: the regular
-    # activity that takes over does not make those updates again (its posts are in `messages`).
-    updated: list[str] = []
 
 
 class NotifyResult(Model):
     messages: dict[str, MessageRef] = {}
-    # Which notification this was: a local attempt's input is not in the history, its result is.
-    event: str = ""
 
 
 class ReconcileInput(Model):

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -164,7 +163,7 @@ class FakeSlack:
         self.socket_mode: Any = None
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -831,14 +830,3 @@ def world_context(
             fake.stop()
 
     return world()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that gave up on a slow answer (a hung call) closes its socket, as it would
-    with Slack: that is no error of the fake's, and socketserver's traceback on stderr would
-    land in whatever the test captures there (a CLI's output)."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)

@@ -42,9 +42,7 @@ from worker import build_worker
 #     every earlier patch into v9-folded; recorded: both runs of a continued request
 # v10: revoking-indexed-when-failing ("revoking" reaches visibility only when the revoke
 #     fails), folded with every earlier patch into v10-folded
-# v11: local-notifications (each notification tried once as a local activity, the regular
-#     activity taking over with its progress), folded with every earlier patch into v11-folded
-VERSION = "v11"
+VERSION = "v10"
 NUMBER = int(VERSION[1:])  # compared as a number: "v10" < "v9" as strings
 OUT = Path(__file__).parent / "histories"
 

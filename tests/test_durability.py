@@ -22,7 +22,7 @@ from rolecall.models import AccessRequest, Decision, RequestState
 from rolecall.operations import handle, list_requests, submit
 from rolecall.temporal import DATA_CONVERTER
 from tests.conftest import Roles, eventually
-from tests.faults.support import local_notification, worker_process
+from tests.faults.support import worker_process
 from tests.tcp_proxy import PostgresProxy
 from workflows.access_request import AccessRequestWorkflow
 
@@ -42,12 +42,10 @@ async def _request_events(client: Client, rid: str) -> list[HistoryEvent]:
 
 
 async def _notified_events(client: Client, rid: str) -> list[str]:
-    """The notification events the request sent locally or scheduled, from its history."""
+    """The notification events the request scheduled, read from its Temporal history."""
     events = []
     for e in await _request_events(client, rid):
-        if (event := local_notification(e)) is not None:
-            events.append(event)
-        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = e.activity_task_scheduled_event_attributes
             if attrs.activity_type.name == "notify":
                 payload = json.loads(attrs.input.payloads[0].data)

@@ -47,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
         MessageRef,
         Notification,
         NotificationEvent,
-        NotifyResult,
         OnCallCheck,
         OnCallResult,
         Origin,
@@ -92,14 +91,6 @@ _LOCAL_READ_TIMEOUT = timedelta(seconds=10)
 _LOCAL_READ_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE
 )
-# Notifications tried first as a local activity (`_notify_locally`): those after which the
-# workflow only waits or closes. A local activity holds its workflow task until it is done,
-# and with it the task's other commands and answers: "requested" and "rejected" would hold
-# the submission's answer, "approved" the GRANT, each for a Slack round trip.
-_LOCAL_FIRST = frozenset({"granted", "denied", "timed_out", "cancelled", "failed", "expired", "relinquished"})
-# The local attempt's timeout; the activity itself gives up at LOCAL_ATTEMPT (activities/slack.py).
-_LOCAL_NOTIFY_TIMEOUT = timedelta(seconds=6)
-_ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 _REVOKE_FIRST_RETRY = timedelta(seconds=1)
 _REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
@@ -145,20 +136,6 @@ def _as_activity_error(err: BaseException, method: Callable[..., Any]) -> Activi
     )
     wrapped.__cause__ = err
     return wrapped
-
-
-def _handed_over(note: Notification, cause: BaseException | None) -> Notification:
-    """The notification for the regular activity, with what the failed local attempt did.
-
-    The attempt's failure carries (messages posted, keys updated); a timed-out attempt
-    carries nothing, and the activity then starts from the messages the workflow knew.
-    """
-    details = list(cause.details) if isinstance(cause, ApplicationError) else []
-    messages = dict(note.messages)
-    if details and isinstance(details[0], dict):
-        messages.update({k: MessageRef.model_validate(v) for k, v in details[0].items()})
-    updated = details[1] if len(details) > 1 and isinstance(details[1], list) else []
-    return note.model_copy(update={"messages": messages, "updated": [str(k) for k in updated]})
 
 
 def _cancelled(err: ActivityError) -> bool:
@@ -1032,22 +1009,16 @@ class AccessRequestWorkflow:
         async def send() -> None:
             if previous is not None:
                 await previous
-            note = Notification(
-                event=event,
-                status=snapshot,
-                messages=dict(self._messages),
-                detail=detail,
-                recipient=recipient,
-            )
             try:
-                if event in _LOCAL_FIRST and self._patches.on("local-notifications"):
-                    handed = await self._notify_locally(note)
-                    if handed is None:
-                        return
-                    note = handed
                 result = await workflow.execute_activity_method(
                     NotifyActivities.notify,
-                    note,
+                    Notification(
+                        event=event,
+                        status=snapshot,
+                        messages=dict(self._messages),
+                        detail=detail,
+                        recipient=recipient,
+                    ),
                     start_to_close_timeout=timedelta(seconds=30),
                     schedule_to_close_timeout=_NOTIFY_WITHIN,
                     retry_policy=_NOTIFY_RETRY,
@@ -1057,34 +1028,6 @@ class AccessRequestWorkflow:
                 workflow.logger.warning("notification %s for %s dropped: %s", event, snapshot.id, e)
 
         self._notify_tail = asyncio.create_task(send())
-
-    async def _notify_locally(self, note: Notification) -> Notification | None:
-        """One local attempt of a notification; None once sent, else what the activity takes over.
-
-        A regular activity costs the server an activity task (scheduled, started, completed)
-        and the workflow a task more to read its result; a local one is a marker in the task
-        that asked for it. At expiry that is the floor's shape, two workflow tasks, where the
-        REVOKE's notification made it three (bench/README.md, "Local notifications"). The one
-        attempt gives up within seconds (`LOCAL_ATTEMPT`), on a 429 at once, and hands what it
-        already posted and updated to the regular activity in its failure, which then retries
-        with Slack's Retry-After for up to an hour, as before, without repeating them.
-        """
-        try:
-            result: NotifyResult = await workflow.execute_local_activity_method(
-                NotifyActivities.notify,
-                note,
-                start_to_close_timeout=_LOCAL_NOTIFY_TIMEOUT,
-                retry_policy=_ONE_ATTEMPT,
-            )
-        except (ActivityError, ApplicationError, TimeoutError) as e:
-            # A local activity's failure reaches the workflow as its cause, not wrapped.
-            cause = e.cause if isinstance(e, ActivityError) else e
-            workflow.logger.info("notification %s for %s: %s", note.event, note.status.id, cause)
-            if isinstance(cause, ApplicationError) and cause.next_retry_delay:
-                await workflow.sleep(cause.next_retry_delay)  # Slack's Retry-After, with jitter
-            return _handed_over(note, cause)
-        self._messages.update(result.messages)
-        return None
 
     # ---- messages ------------------------------------------------------------------------
 

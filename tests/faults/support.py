@@ -19,7 +19,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from rolecall.models import RequestState, RequestStatus
@@ -101,27 +100,12 @@ def sigkill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def local_notification(e: HistoryEvent) -> str | None:
-    """The event a local `notify` attempt delivered (its marker records its result), or None."""
-    if e.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-        return None
-    marker = e.marker_recorded_event_attributes
-    if marker.marker_name != "core_local_activity" or "result" not in marker.details:
-        return None
-    if json.loads(marker.details["data"].payloads[0].data)["activity_type"] != "notify":
-        return None
-    return str(json.loads(marker.details["result"].payloads[0].data)["event"])
-
-
 async def delivered_notifications(client: Client, rid: str) -> list[str]:
-    """Events whose `notify` completed, locally or as an activity: the person was really told
-    (in order)."""
+    """Events whose `notify` activity completed: the person was really told (in order)."""
     scheduled: dict[int, str] = {}
     done: list[str] = []
     async for e in handle(client, rid).fetch_history_events():
-        if (event := local_notification(e)) is not None:
-            done.append(event)
-        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = e.activity_task_scheduled_event_attributes
             if attrs.activity_type.name == "notify":
                 scheduled[e.event_id] = json.loads(attrs.input.payloads[0].data)["event"]

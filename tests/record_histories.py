@@ -23,7 +23,7 @@ from psycopg import sql
 from temporalio.testing import WorkflowEnvironment
 
 from rolecall.config import ConfigStore
-from rolecall.models import AccessRequest, Decision
+from rolecall.models import AccessRequest, Decision, RequestState
 from rolecall.operations import decide, extend, get_status, handle, submit
 from rolecall.signing import sign
 from rolecall.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
@@ -42,7 +42,9 @@ from worker import build_worker
 #     every earlier patch into v9-folded; recorded: both runs of a continued request
 # v10: revoking-indexed-when-failing ("revoking" reaches visibility only when the revoke
 #     fails), folded with every earlier patch into v10-folded
-VERSION = "v10"
+# v11: burst-tail-after-revokes (an expiry woken late indexes and tells after a jittered
+#     wait), folded with every earlier patch into v11-folded
+VERSION = "v11"
 NUMBER = int(VERSION[1:])  # compared as a number: "v10" < "v9" as strings
 OUT = Path(__file__).parent / "histories"
 
@@ -143,8 +145,32 @@ async def main() -> None:
             (OUT / f"{VERSION}-continued_relinquished.json").write_text((await h.fetch_history()).to_json())
             print("continued", (await get_status(client, s.id)).state.value)
 
+    async def expired_late() -> None:
+        """An expiry whose task starts seconds late (no worker then, as if queued in a burst):
+        the REVOKE, then the burst tail's timer before "expired" is indexed and told."""
+        async with worker():
+            s = await submit(
+                client,
+                AccessRequest(requester=email, instance="pg", role=role, duration=timedelta(seconds=3)),
+                "record",
+            )
+            await asyncio.sleep(0.5)
+            await decide(client, s.id, "approve", dba)
+            for _ in range(40):
+                if (await get_status(client, s.id)).state == RequestState.GRANTED:
+                    break
+                await asyncio.sleep(0.25)
+        await asyncio.sleep(7)
+        h = handle(client, s.id)
+        async with worker():
+            await h.result()
+        (OUT / f"{VERSION}-expired_late.json").write_text((await h.fetch_history()).to_json())
+        print("expired_late", (await get_status(client, s.id)).state.value)
+
     OUT.mkdir(exist_ok=True)
     try:
+        if NUMBER >= 11:
+            await expired_late()
         if NUMBER >= 9:
             await continued()
         if NUMBER >= 6:

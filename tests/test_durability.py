@@ -180,6 +180,44 @@ async def test_worker_killed_while_granted_still_revokes_on_time(make_stack, rol
         proc.wait()
 
 
+async def test_an_expiry_woken_late_tells_after_its_revoke_not_before_it(
+    make_stack, roles: Roles, pg, monkeypatch
+) -> None:
+    """An expiry whose workflow task starts seconds late (here: no worker until 3 s after it,
+    as in a burst where it queues behind others) REVOKEs at once, then waits about twice its
+    lateness before it indexes "expired" and tells the requester: those tasks would have
+    delayed the REVOKEs still queued (bench/README.md, "Burst tail"). Its status says
+    "expired" at once; nothing is left undone."""
+    monkeypatch.setenv("ROLECALL_STICKY_TIMEOUT", "1s")  # the killed worker's queue hands over fast
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role], worker=False)
+    proc = _worker_process(stack)
+    try:
+        rid = await stack.request(login, role, "4s")
+        await stack.cli("approve", rid, "--as", "dba@example.com")
+        granted = await stack.wait_state(rid, RequestState.GRANTED, timeout=30)
+        assert granted.expires_at is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        await asyncio.sleep(max(0.0, granted.expires_at.timestamp() + 3 - time.time()))
+        proc = _worker_process(stack)
+        await eventually(lambda: not pg.is_member(login, role), timeout=30, what="revoke")
+        status = await stack.wait_state(rid, RequestState.EXPIRED, timeout=10)
+        assert status.revoked_at is not None
+        description = await handle(stack.client, rid).describe()
+        assert description.status is not None and description.status.name == "RUNNING"
+        assert "expired" not in await _notified_events(stack.client, rid)
+        assert "expired" not in await _indexed_states(stack.client, rid)
+
+        await asyncio.wait_for(handle(stack.client, rid).result(), 60)
+        assert "expired" in await _notified_events(stack.client, rid)
+        assert (await _indexed_states(stack.client, rid))[-1] == "expired"
+        assert not pg.is_member(login, role)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 async def test_eight_hour_grant_expires_with_time_skipping(temporal, make_stack, roles: Roles, pg):
     """The dev server's time skipping runs an 8-hour grant to its revoke in seconds."""
     role, login = roles.role(), roles.login()

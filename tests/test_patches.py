@@ -17,7 +17,7 @@ from worker import build_worker
 from workflows import patches
 from workflows.access_request import AccessRequestWorkflow
 
-ADDED_IN_V9_OR_LATER = ("held-grant-continues", "revoking-indexed-when-failing")
+ADDED_IN_V9_OR_LATER = ("held-grant-continues", "revoking-indexed-when-failing", "burst-tail-after-revokes")
 
 
 def _as_v7(self: patches.Patches, patch_id: str) -> bool:
@@ -41,9 +41,26 @@ def _as_v8(self: patches.Patches, patch_id: str) -> bool:
 
 def _as_v9(self: patches.Patches, patch_id: str) -> bool:
     """What v9 asked: v9-folded first, then v8-folded, and nothing about what v10 added."""
-    if patch_id == "revoking-indexed-when-failing":
+    if patch_id in ("revoking-indexed-when-failing", "burst-tail-after-revokes"):
         return False
-    for name, members in ((patches.FOLDED_INTO_V9, patches.FOLDED_V9), (patches.FOLDED_INTO, patches.FOLDED)):
+    folds = ((patches.FOLDED_INTO_V9, patches.FOLDED_V9), (patches.FOLDED_INTO, patches.FOLDED))
+    return _folded(self, patch_id, folds)
+
+
+def _as_v10(self: patches.Patches, patch_id: str) -> bool:
+    """What v10 asked: v10-folded, v9-folded, v8-folded, and nothing about what v11 added."""
+    if patch_id == "burst-tail-after-revokes":
+        return False
+    folds = (
+        (patches.FOLDED_INTO_V10, patches.FOLDED_V10),
+        (patches.FOLDED_INTO_V9, patches.FOLDED_V9),
+        (patches.FOLDED_INTO, patches.FOLDED),
+    )
+    return _folded(self, patch_id, folds)
+
+
+def _folded(self: patches.Patches, patch_id: str, folds: tuple[tuple[str, frozenset[str]], ...]) -> bool:
+    for name, members in folds:
         if patch_id in members:
             if name not in self._answers:
                 self._answers[name] = workflow.patched(name)
@@ -120,10 +137,18 @@ async def test_a_request_granted_by_v9_is_revoked_by_v10(make_stack, roles: Role
     assert after == [patches.FOLDED_INTO_V9, "revoking-indexed-when-failing"]
 
 
+async def test_a_request_granted_by_v10_is_revoked_by_v11(make_stack, roles: Roles, pg, monkeypatch) -> None:
+    """A v10 grant relinquished under v11 replays as recorded and records no v11 marker: the
+    burst tail is asked about only at an expiry."""
+    before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v10)
+    assert before == [patches.FOLDED_INTO_V10]
+    assert after == [patches.FOLDED_INTO_V10]
+
+
 async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:
     role, login = roles.role(), roles.login()
     stack = await make_stack([role])
     rid = await stack.request(login, role, "1h")
     await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
     await stack.wait_state(rid, RequestState.DENIED)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V10]
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V11]

@@ -91,6 +91,10 @@ _LOCAL_READ_TIMEOUT = timedelta(seconds=10)
 _LOCAL_READ_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE
 )
+# An expiry whose task started this late is in a burst: it indexes and tells after waiting
+# about twice as long, at most 1.5 x _BURST_TAIL_MAX (`_after_the_burst`).
+_BURST_LATENESS = timedelta(seconds=2)
+_BURST_TAIL_MAX = timedelta(seconds=20)
 _REVOKE_FIRST_RETRY = timedelta(seconds=1)
 _REVOKE_MAX_BACKOFF = timedelta(seconds=30)
 _REVOKE_PAUSE_AFTER_NON_RETRYABLE = timedelta(seconds=60)
@@ -449,6 +453,7 @@ class AccessRequestWorkflow:
         # (bench/README.md, "Levers (2026-12-03)").
         quiet = self._patches.on("revoking-indexed-when-failing")
         self._set_state(RequestState.REVOKING, f"{label(final)}, revoking", index=not quiet)
+        woken = workflow.now()
         result = await self._revoke(policy, owned)
         s.revoked_at = workflow.now()
         self._held_until = None
@@ -463,7 +468,34 @@ class AccessRequestWorkflow:
                 + (f" and {len(result.new_objects) - 5} more" if len(result.new_objects) > 5 else ""),
             ]
         event: NotificationEvent = "expired" if final == RequestState.EXPIRED else "relinquished"
+        if final == RequestState.EXPIRED and self._patches.on("burst-tail-after-revokes"):
+            await self._after_the_burst(final, woken)
         return await self._finish(final, event)
+
+    async def _after_the_burst(self, final: RequestState, woken: datetime) -> None:
+        """In a burst of expiries, index and tell after the burst's REVOKEs, not among them.
+
+        An expiry whose workflow task started seconds after its `expires_at` is queued behind
+        others: on a server that is busy, every task it asks for now (the upsert, the
+        notification's activity, the task that reads its result) delays the REVOKEs still
+        waiting. 1,000 expiries in one second then took twice the engine floor and more, and
+        tasks waiting past the sticky timeout were replayed, which lengthened the queue
+        further (bench/README.md, "Burst tail"). So such a request, its REVOKE done and
+        verified, waits a little (about twice its lateness, jittered, at most 30 s) before
+        it says so in visibility and Slack. Its status says it at once; the reconciler looks
+        only past expiry plus its grace period (10 minutes by default).
+        """
+        s = self._status
+        assert s.expires_at is not None
+        late = woken - s.expires_at
+        if late <= _BURST_LATENESS:
+            return
+        base = min(late * 2, _BURST_TAIL_MAX)
+        delay = base + min(late, _BURST_TAIL_MAX / 2) * workflow.random().random()
+        self._set_state(
+            final, f"{label(final)}; telling in {format_duration(delay)} (a burst of expiries)", index=False
+        )
+        await workflow.sleep(delay, summary="after a burst of expiries")
 
     async def _until_expiry(self, policy: Policy, continue_at: datetime | None = None) -> RequestState:
         """Wait for relinquish or the expiry, which an extension may move; warn once per expiry.

@@ -18,7 +18,7 @@ replays without it. v9 folds the same way: a request started on v9 records `v9-f
 and takes every behaviour up to v9 (`FOLDED_V9`). A v8 request asks `v9-folded` first, which
 its history answers no (nothing is recorded in replay), then `v8-folded` as before, at the
 same call site; a v8 request that reaches a v9 patch live takes it, as any patch. v10 adds
-one fold more, the same way (`FOLDED_V10`).
+one fold more, the same way (`FOLDED_V10`), and so does v11 (`FOLDED_V11`).
 """
 
 from __future__ import annotations
@@ -53,8 +53,18 @@ FOLDED_V9 = FOLDED | {"held-grant-continues"}
 FOLDED_INTO_V10 = "v10-folded"
 FOLDED_V10 = FOLDED_V9 | {"revoking-indexed-when-failing"}
 
+FOLDED_INTO_V11 = "v11-folded"
+FOLDED_V11 = FOLDED_V10 | {"burst-tail-after-revokes"}
+
 # Newest first: a run asks a fold only about the patches it holds, and memoises the answer.
-_FOLDS = ((FOLDED_INTO_V10, FOLDED_V10), (FOLDED_INTO_V9, FOLDED_V9), (FOLDED_INTO, FOLDED))
+_FOLDS = (
+    (FOLDED_INTO_V11, FOLDED_V11),
+    (FOLDED_INTO_V10, FOLDED_V10),
+    (FOLDED_INTO_V9, FOLDED_V9),
+    (FOLDED_INTO, FOLDED),
+)
+# The folds a held grant hands to the run it continues in: continuing arrived with v9.
+_CARRIED = tuple(name for name, members in _FOLDS if "held-grant-continues" in members)
 
 
 class Patches:
@@ -65,12 +75,12 @@ class Patches:
 
     def fold(self) -> str:
         """The fold this run took, for the run a held grant continues into ("" for none)."""
-        return next((name for name, _ in _FOLDS[:2] if self._answers.get(name)), "")
+        return next((name for name in _CARRIED if self._answers.get(name)), "")
 
     def carry(self, fold: str) -> None:
         """A continued run takes the fold of the run that handed it the grant, unrecorded:
         that run's code wrote it into the input, so every replay reads the same answer."""
-        if fold in (FOLDED_INTO_V10, FOLDED_INTO_V9):
+        if fold in _CARRIED:
             self._answers[fold] = True
 
     def on(self, patch_id: str) -> bool:

@@ -517,9 +517,10 @@ WORKFLOW_CACHE = 1000
 # its history. temporalio's 10 s, kept: it is also how late a revoke can be when the worker
 # holding the request is killed (tests/test_durability.py). A burst that queues tasks past it
 # snowballs instead: those time out, are replayed, and the replays lengthen the queue. 1,000
-# grants ending in the same second on 2 cores sit at the edge of it: revoked within 8.8 s
-# once, 26-40 s late under more load (bench/README.md, "Levers (2026-12-03)"). Raise it
-# for such bursts where a killed worker matters less (docs/operations.md).
+# grants ending in the same second on 2 cores sat at the edge of it (26-40 s late under
+# load) until an expiry in a burst left its bookkeeping until after the REVOKEs (v11): the
+# full run then revoked all within 8.4 s (bench/README.md, "Levers (2026-12-03, afternoon)").
+# Raise it for larger bursts where a killed worker matters less (docs/operations.md).
 STICKY_TIMEOUT = timedelta(seconds=10)
 
 

@@ -75,6 +75,22 @@ async def test_relinquish_only_by_requester(make_stack, roles: Roles, pg) -> Non
     assert pg.is_member(login, role)
 
 
+async def test_status_of_a_closed_request_is_its_result_or_how_it_ended(make_stack, roles: Roles) -> None:
+    role, login = roles.role(), roles.login()
+    stack = await make_stack([role])
+    rid = await stack.request(login, role)
+    r = await stack.cli("status", rid)
+    assert r.code == 0 and "pending" in r.out
+    await stack.cli("deny", rid, "--as", "dba@example.com")
+    await handle(stack.client, rid).result()
+    r = await stack.cli("status", rid)  # closed: its result, not a query replayed by a worker
+    assert r.code == 0 and "denied" in r.out
+    rid = await stack.request(login, role)
+    await handle(stack.client, rid).terminate("operator stopped it")
+    r = await stack.cli("status", rid)
+    assert r.code != 0 and f"request {rid} ended abnormally: TERMINATED" in r.err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -71,6 +71,8 @@ def counts_for(args: argparse.Namespace) -> Counts:
         counts = dataclasses.replace(counts, memory=args.memory)
     if args.burst:
         counts = dataclasses.replace(counts, burst=args.burst)
+    if args.clicks:
+        counts = dataclasses.replace(counts, clicks=args.clicks)
     if args.memory_floor is not None:
         extra = tuple(int(x) for x in args.memory_floor.split(",") if x.strip())
         counts = dataclasses.replace(counts, memory_floor=extra)
@@ -185,6 +187,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "or without the product figures (only)",
     )
     p.add_argument("--memory", type=int, help="open requests for the memory figure (10000 = the goal's)")
+    p.add_argument("--clicks", type=int, help="approve clicks and floor signals (default 200; 10 quick)")
     p.add_argument("--burst", type=int, help="requests for the burst figure (default 300; 60 with --quick)")
     p.add_argument(
         "--memory-floor",

@@ -122,7 +122,7 @@ async def _product(b: Bench) -> tuple[list[float], list[float], list[float], lis
     )
     b.report.note(
         "approve click: from the click to each event after the signal (history event times): "
-        + product.median_offsets(phases)
+        + (product.median_offsets(phases) or f"not read: {errors_of(phases)[:1]}")
     )
     await _give_back(stack, role, rids)
     return grant_lat, ack_lat, floor, floor_connect

@@ -307,7 +307,7 @@ async def _reconcile(client: Client, args: argparse.Namespace, settings: Setting
         report: contract.ReconcileReport = await client.execute_workflow(
             contract.RECONCILE,
             contract.ReconcileInput(instance=name, dry_run=args.dry_run),
-            id=contract.manual_reconcile_id(name, uuid.uuid4().hex[:8]),
+            id=contract.manual_reconcile_id(settings.task_queue, name, uuid.uuid4().hex[:8]),
             task_queue=settings.task_queue,
             result_type=contract.ReconcileReport,
         )

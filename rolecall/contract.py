@@ -108,11 +108,16 @@ def catalog_id(task_queue: str, instance: str) -> str:
 RECONCILE: Final = "ReconcileWorkflow"
 
 
-def reconcile_id(instance: str) -> str:
-    """The ID of the scheduled reconcile runs of one instance."""
-    return f"reconcile/{instance}"
+def reconcile_id(task_queue: str, instance: str) -> str:
+    """The ID of the scheduled reconcile runs of one instance of one deployment.
+
+    The task queue is in it, as in the schedule's own ID: two deployments sharing a namespace
+    may both name an instance "pg", and the scheduler only appends the time to this ID, so
+    their runs of the same second would collide and one of them would not start.
+    """
+    return f"reconcile/{task_queue}/{instance}"
 
 
-def manual_reconcile_id(instance: str, suffix: str) -> str:
+def manual_reconcile_id(task_queue: str, instance: str, suffix: str) -> str:
     """The ID of a `rolecall reconcile` run: never the schedule's, so both may run."""
-    return f"{reconcile_id(instance)}/manual-{suffix}"
+    return f"{reconcile_id(task_queue, instance)}/manual-{suffix}"

@@ -33,7 +33,7 @@ def _schedule(config: Config, task_queue: str, instance: str) -> Schedule:
         action=ScheduleActionStartWorkflow(
             contract.RECONCILE,
             ReconcileInput(instance=instance),
-            id=contract.reconcile_id(instance),
+            id=contract.reconcile_id(task_queue, instance),
             task_queue=task_queue,
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=config.reconcile.interval)]),

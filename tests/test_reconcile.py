@@ -226,6 +226,39 @@ async def test_schedule_created_idempotently_and_sweeps_stranded_grants(make_sta
     await handle.delete()
 
 
+async def test_two_deployments_in_one_namespace_reconcile_their_same_named_instances_apart(
+    make_stack, roles: Roles
+) -> None:
+    """Two task queues (deployments) in one namespace, each with an instance "pg", triggered in
+    the same second: both runs start (no worker takes them here, so both stay running), and
+    their workflow IDs differ in more than the time the scheduler appends."""
+    stack = await make_stack([roles.role()])
+    config = load(stack.config_path)
+    queues = [f"{stack.task_queue}-a", f"{stack.task_queue}-b"]
+    handles = [
+        stack.client.get_schedule_handle((await ensure_reconcile_schedules(stack.client, config, q))[0])
+        for q in queues
+    ]
+    try:
+        await asyncio.gather(*(h.trigger() for h in handles))
+
+        async def running() -> list[str]:
+            return [a.workflow_id for h in handles for a in (await h.describe()).info.running_actions]
+
+        async def both_running() -> bool:
+            return len(await running()) == 2
+
+        await eventually(both_running, timeout=15, what="both deployments' reconcile runs")
+        ids = await running()
+        assert ids[0].rsplit("-", 3)[0] != ids[1].rsplit("-", 3)[0], ids
+        assert all(q in wf_id for q, wf_id in zip(queues, ids, strict=True)), ids
+        for wf_id in ids:
+            await stack.client.get_workflow_handle(wf_id).terminate(reason="test over")
+    finally:
+        for h in handles:
+            await h.delete()
+
+
 async def test_reconcile_logs_what_it_revokes_without_slack(make_stack, roles: Roles, pg, caplog) -> None:
     role, alice = roles.role(), roles.login()
     stack = await make_stack([role], slack_channel=f"#c{uuid.uuid4().hex[:6]}", sections=GRACE)

@@ -1,14 +1,12 @@
 """Buttons: approve, deny (opens the reason modal), cancel, relinquish, review, the instance picker.
 
-Buttons carry only the request ID. The clicker's right to decide is checked here with
-`rolecall.policy.refusal` for a clear ephemeral answer, and again in the workflow, which alone
-decides; a refusal the workflow records (a race with another click) is told to the clicker.
+Buttons carry only the request ID. The workflow alone decides: its decide update refuses with
+one clear line (told to the clicker as an ephemeral message) or answers with a refusal it
+recorded (a race lost to another click), which is told the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -22,12 +20,8 @@ from rolecall import contract, operations
 from rolecall import slack_blocks as kit
 from rolecall.errors import RolecallError
 from rolecall.models import RequestState
-from rolecall.policy import DECISIONS, refusal
+from rolecall.policy import refusal
 from rolecall.slack_identity import Identity
-
-# How long a click waits to see whether the workflow took its decision or refused it.
-CONFIRM_WAIT = 3.0
-
 
 # Buttons that are one decision each: (action id, signal, reason recorded with it).
 _DECISION_BUTTONS = [
@@ -83,39 +77,15 @@ def register(app: AsyncApp, deps: Deps) -> None:
 
 
 async def decide(deps: Deps, body: dict[str, Any], who: Identity, signal: str, reason: str = "") -> None:
-    """Pre-check, signal, then confirm the workflow took it; explain any refusal."""
+    """Decide, and tell the clicker if it did not count (refused, or lost to another click)."""
     rid = str(body["actions"][0]["value"]) if body.get("actions") else str(body["view"]["private_metadata"])
-    email = who.email
     try:
-        before = await operations.decide(deps.temporal, rid, signal, decision(deps, who, rid, signal, reason))
+        answer = await operations.decide(deps.temporal, rid, signal, decision(deps, who, rid, signal, reason))
     except RolecallError as e:
         await tell(deps, body, f":no_entry_sign: {e}")
         return
-    # The workflow re-checks; if it refused (a race with another click), say why.
-    deadline = time.monotonic() + CONFIRM_WAIT
-    while time.monotonic() < deadline:
-        status = await operations.get_status(deps.temporal, rid)
-        mine = [r for r in status.refused[len(before.refused) :] if r.actor == email and r.signal == signal]
-        if mine:
-            await tell(deps, body, f":no_entry_sign: {mine[-1].why}")
-            break
-        if signal in DECISIONS and status.state != RequestState.PENDING:
-            if status.decided_by != email:
-                # Someone else's decision landed first; ours was or will be refused.
-                why = (
-                    refusal(signal, email, status, origin(deps)) or f"already decided by {status.decided_by}"
-                )
-                await tell(deps, body, f":no_entry_sign: {why}")
-            break
-        if signal == contract.RELINQUISH and status.state != RequestState.GRANTED:
-            break
-        if signal == contract.APPROVE and any(a.by == email for a in status.approvals):
-            break  # one of N approvals counted: the card shows the progress
-        if signal == contract.REVIEW and status.reviewed_by:
-            if status.reviewed_by != email:
-                await tell(deps, body, f":no_entry_sign: already reviewed by {status.reviewed_by}")
-            break
-        await asyncio.sleep(0.1)
+    if answer.refused:
+        await tell(deps, body, f":no_entry_sign: {answer.refused}")
     if (body.get("view") or {}).get("type") == "home":
         await publish_home(deps, who)
 

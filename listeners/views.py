@@ -60,9 +60,13 @@ def register(app: AsyncApp, deps: Deps) -> None:
         reason = value(body["view"]["state"]["values"], kit.B_DENY_REASON).strip()
         signed = decision(deps, me(context), rid, contract.DENY, reason)
         try:
-            await operations.decide(deps.temporal, rid, contract.DENY, signed)
+            # The modal must be acknowledged within 3 s: a shorter wait for the answer.
+            answer = await operations.decide(deps.temporal, rid, contract.DENY, signed, wait=2.0)
         except RolecallError as e:
             await ack(response_action="errors", errors={kit.B_DENY_REASON: str(e)})
+            return
+        if answer.refused:
+            await ack(response_action="errors", errors={kit.B_DENY_REASON: answer.refused})
             return
         await ack()
 

@@ -20,10 +20,10 @@ from temporalio.client import Client
 from rolecall import operations
 from rolecall.config import Settings, load_settings
 from rolecall.durations import format_duration, parse_duration
-from rolecall.errors import BadRequest, RolecallError
+from rolecall.errors import BadRequest, NotAllowed, RolecallError
 from rolecall.logs import setup_logging
 from rolecall.models import AccessRequest, Decision, RequestStatus
-from rolecall.policy import EXTENSION_DECISIONS
+from rolecall.policy import EXTENSION_DECISIONS, label
 from rolecall.temporal import connect
 
 
@@ -236,8 +236,10 @@ async def _run(args: argparse.Namespace) -> int:
         args.command = args.command.replace("-", "_")
     if args.command in ("approve", "deny", "cancel", "relinquish", "review", *EXTENSION_DECISIONS):
         decision = Decision(actor=args.actor, reason=args.reason, via="cli")
-        await operations.decide(client, args.id, args.command, decision)
-        print(f"{args.command} sent for {args.id}")
+        decided = await operations.decide(client, args.id, args.command, decision)
+        if decided.refused:
+            raise NotAllowed(decided.refused)
+        print(f"{args.command}: {args.id} is {label(decided.status.state)}")
         return 0
     if args.command == "reconcile":
         return await _reconcile(client, args, settings)

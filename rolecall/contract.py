@@ -17,6 +17,8 @@ from typing import Final
 from rolecall.models import (
     AccessRequest,
     CatalogInput,
+    DecideAnswer,
+    DecideRequest,
     Decision,
     ExtendAnswer,
     ExtendRequest,
@@ -36,6 +38,7 @@ __all__ = [
     "CATALOG",
     "CATALOG_REFRESH",
     "CATALOG_ROLES",
+    "DECIDE",
     "DECISIONS",
     "DENY",
     "DENY_EXTENSION",
@@ -50,6 +53,8 @@ __all__ = [
     "SUBMITTED",
     "AccessRequest",
     "CatalogInput",
+    "DecideAnswer",
+    "DecideRequest",
     "Decision",
     "ExtendAnswer",
     "ExtendRequest",
@@ -86,6 +91,12 @@ RELINQUISH: Final = "relinquish"
 REVIEW: Final = "review"  # a break-glass grant reviewed by an approver
 APPROVE_EXTENSION: Final = "approve_extension"
 DENY_EXTENSION: Final = "deny_extension"
+# Update, DecideRequest -> DecideAnswer: any of the signals above, as one round trip. Its
+# validator refuses (with `refusal`'s line, nothing recorded) what the pre-check would have;
+# it answers once the workflow task that settled the decision completes, with the refusal
+# the workflow recorded, if any. Clients fall back to the pre-check and the signal when a
+# worker of an older release (a rolling deploy) does not know it.
+DECIDE: Final = "decide"
 # Update, ExtendRequest -> ExtendAnswer: the requester asks for more time on a granted request;
 # refused (validator) with the reason, approved at once, or left pending for the approvers.
 EXTEND: Final = "extend"

@@ -569,3 +569,22 @@ class HeldGrant(Model):
 
 
 AccessRequest.model_rebuild()
+
+
+class DecideRequest(Model):
+    """The decide update's input: a decision (approve, deny, cancel, relinquish, review, ...)
+    and the signal it stands for, so that both ways in are settled by the same code."""
+
+    signal: str
+    decision: Decision
+
+
+class DecideAnswer(Model):
+    """What became of a decision, read in the workflow task that settled it.
+
+    `refused` is the workflow's reason when the decision did not count (a race lost to another
+    click, a signature refused); `status` is the request as that task left it.
+    """
+
+    status: RequestStatus
+    refused: str | None = None

@@ -1,8 +1,8 @@
 """What the CLI and the Slack app do to requests, in one place.
 
 Each operation answers quickly and clearly: the request is checked before `submit` returns,
-and a decision is pre-checked against the request's own policy before the signal is sent
-(the workflow checks it again, so this is for the caller's answer, not for security).
+and a decision is answered with what became of it (refused by the request's own policy, lost
+to another click, or taken), in one round trip where the worker knows the decide update.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     QueryRejectCondition,
@@ -47,6 +48,8 @@ from rolecall.errors import (
 from rolecall.models import (
     AccessRequest,
     CatalogInput,
+    DecideAnswer,
+    DecideRequest,
     Decision,
     ExtendAnswer,
     ExtendRequest,
@@ -56,7 +59,7 @@ from rolecall.models import (
     RequestStatus,
     RoleList,
 )
-from rolecall.policy import SIGNALS, VERIFIED, refusal
+from rolecall.policy import DECISIONS, SIGNALS, claimed_origin, refusal
 from rolecall.temporal import (
     APPROVERS,
     BREAK_GLASS,
@@ -189,15 +192,20 @@ async def get_status(client: Client, request_id: str) -> RequestStatus:
     raise RolecallError(f"request {request_id} ended abnormally: {closed.name if closed else '?'}")
 
 
-def claimed_origin(decision: Decision) -> str:
-    """Where the workflow will say a decision came from, if its signature (if any) verifies."""
-    if decision.via == "cli":
-        return "cli"
-    return VERIFIED if decision.signature else "unverified"
+# How long a decision waits for the workflow's answer. A view submission (the deny modal)
+# must be acknowledged within 3 s of Slack's request, so the answer must come well before.
+DECIDE_WAIT = 2.5
 
 
-async def decide(client: Client, request_id: str, signal: str, decision: Decision) -> RequestStatus:
-    """Pre-check, then send approve / deny / cancel / relinquish / review; return the status seen.
+async def decide(
+    client: Client, request_id: str, signal: str, decision: Decision, wait: float = DECIDE_WAIT
+) -> DecideAnswer:
+    """Send approve / deny / cancel / relinquish / review; answer what became of it.
+
+    One round trip: the decide update, whose validator refuses what the pre-check used to (a
+    clear line, nothing recorded) and whose answer carries a refusal the workflow recorded (a
+    race lost). A worker of an older release (a rolling deploy) does not know the update:
+    then the pre-check, the signal and a short wait for its outcome, as before.
 
     A decision from Slack comes signed for this request and signal (rolecall.signing); the
     signature covers the actor lower-cased, so lower-casing it here keeps it valid.
@@ -205,12 +213,76 @@ async def decide(client: Client, request_id: str, signal: str, decision: Decisio
     if signal not in SIGNALS:
         raise BadRequest(f"unknown action {signal!r}")
     decision = decision.model_copy(update={"actor": decision.actor.strip().lower()})
-    status = await get_status(client, request_id)
-    why = refusal(signal, decision.actor, status, claimed_origin(decision))
+    try:
+        answer: DecideAnswer = await asyncio.wait_for(
+            handle(client, request_id).execute_update(
+                contract.DECIDE,
+                DecideRequest(signal=signal, decision=decision),
+                result_type=DecideAnswer,
+                rpc_timeout=timedelta(seconds=wait),
+            ),
+            wait,
+        )
+        return answer
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause.cause if isinstance(e.cause, ActivityError) else e.cause
+        why = str(getattr(cause, "message", None) or cause or e)
+        if "expected but not found" not in why:
+            raise NotAllowed(why) from None
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError):
+        # Not refused, not yet taken: the server holds the update until a worker picks the
+        # request up. Sending the signal as well would make a second decision of it.
+        raise RolecallError(
+            f"rolecall's worker has not answered within {wait:g} s; your {signal} may still "
+            "count when it is back: the request's card will show it"
+        ) from None
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # A closed or unknown request: the status says which, in the caller's one line.
+    return await _decide_by_signal(client, request_id, signal, decision, wait)
+
+
+async def _decide_by_signal(
+    client: Client, request_id: str, signal: str, decision: Decision, wait: float
+) -> DecideAnswer:
+    """The path before the decide update: pre-check, signal, then watch the status settle."""
+    before = await get_status(client, request_id)
+    why = refusal(signal, decision.actor, before, claimed_origin(decision))
     if why:
         raise NotAllowed(why)
     await handle(client, request_id).signal(signal, decision)
-    return status
+    actor = decision.actor
+    deadline = asyncio.get_running_loop().time() + wait
+    status = before
+    while asyncio.get_running_loop().time() < deadline:
+        status = await get_status(client, request_id)
+        mine = [r for r in status.refused[len(before.refused) :] if r.actor == actor and r.signal == signal]
+        if mine:
+            return DecideAnswer(status=status, refused=mine[-1].why)
+        if _settled(signal, actor, status):
+            lost = signal in DECISIONS and status.state != RequestState.PENDING and status.decided_by != actor
+            if signal == "review" and status.reviewed_by != actor:
+                return DecideAnswer(status=status, refused=f"already reviewed by {status.reviewed_by}")
+            if lost:
+                why = refusal(signal, actor, status, claimed_origin(decision))
+                return DecideAnswer(status=status, refused=why or f"already decided by {status.decided_by}")
+            return DecideAnswer(status=status)
+        await asyncio.sleep(0.1)
+    return DecideAnswer(status=status)
+
+
+def _settled(signal: str, actor: str, status: RequestStatus) -> bool:
+    """Whether the status shows the outcome of `actor`'s `signal` (taken, or lost to another)."""
+    if signal in DECISIONS:
+        return status.state != RequestState.PENDING or (
+            signal == "approve" and any(a.by == actor for a in status.approvals)
+        )
+    if signal == "relinquish":
+        return status.state != RequestState.GRANTED
+    if signal == "review":
+        return bool(status.reviewed_by)
+    return False
 
 
 async def extend(client: Client, request_id: str, decision: Decision, by: timedelta) -> ExtendAnswer:

@@ -1,12 +1,14 @@
 """Who may send which decision: one pure function, used by the workflow and by its callers.
 
-Callers (CLI, Slack) run it on the status they query for a fast, clear answer; the workflow
-runs it again on the signal it receives, so a forged or stale caller changes nothing.
+The workflow runs it in the decide update's validator (a refusal there is the caller's one
+clear line, and nothing is recorded) and again on every decision it settles, so a forged or
+stale caller changes nothing. Callers run it themselves only on the signal path a worker of an
+older release still needs.
 """
 
 from __future__ import annotations
 
-from rolecall.models import RequestState, RequestStatus
+from rolecall.models import Decision, RequestState, RequestStatus
 
 DECISIONS = ("approve", "deny", "cancel")
 EXTENSION_DECISIONS = ("approve_extension", "deny_extension")
@@ -14,6 +16,13 @@ SIGNALS = (*DECISIONS, "relinquish", "review", *EXTENSION_DECISIONS)
 
 
 VERIFIED = "slack (verified)"
+
+
+def claimed_origin(decision: Decision) -> str:
+    """Where the workflow will say a decision came from, if its signature (if any) verifies."""
+    if decision.via == "cli":
+        return "cli"
+    return VERIFIED if decision.signature else "unverified"
 
 
 def refusal(signal: str, actor: str, status: RequestStatus, via: str = "cli") -> str | None:

@@ -340,7 +340,7 @@ def _refused_count(stack: Stack, rid: str, n: int) -> Callable[[], Awaitable[boo
     "order", [pytest.param(list(p), id="-".join(p)) for p in itertools.permutations(SIGNALS)]
 )
 async def test_decisions_in_every_order_twice(make_stack, roles: Roles, pg, order: list[str]) -> None:
-    """Through the CLI (pre-checked) and as raw signals (the workflow's own check), each
+    """Through the CLI (the decide update) and as raw signals (the workflow's own check), each
     signal sent twice in a row: one decision wins, the rest are refused, and the database
     holds the membership exactly while the request is granted."""
     login = roles.login()

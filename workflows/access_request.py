@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         Approval,
         ApproverGroups,
         Approvers,
+        DecideAnswer,
+        DecideRequest,
         Decision,
         ExtendAnswer,
         ExtendRequest,
@@ -60,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeResult,
         VerifyDecision,
     )
-    from rolecall.policy import label, refusal
+    from rolecall.policy import SIGNALS, claimed_origin, label, refusal
     from rolecall.rules import check_reason
     from rolecall.temporal import (
         APPROVERS,
@@ -1092,6 +1094,30 @@ class AccessRequestWorkflow:
     @workflow.signal
     async def review(self, d: Decision) -> None:
         await self._receive("review", d)
+
+    @workflow.update
+    async def decide(self, ask: DecideRequest) -> DecideAnswer:
+        """A decision as one round trip: refused up front, or settled and answered in one task.
+
+        The same decision as its signal, settled by the same code. What the validator refuses
+        leaves no trace in the history (the caller's pre-check did the same); what it accepts
+        the workflow settles and may still refuse (a race lost, a signature refused), which
+        is recorded, and answered here, as for the signal.
+        """
+        d = ask.decision
+        before = len(self._status.refused)
+        await self._receive(ask.signal, d)
+        actor = d.actor.lower()
+        mine = [r for r in self._status.refused[before:] if r.actor == actor and r.signal == ask.signal]
+        return DecideAnswer(status=self._status, refused=mine[-1].why if mine else None)
+
+    @decide.validator
+    def _validate_decide(self, ask: DecideRequest) -> None:
+        if ask.signal not in SIGNALS:
+            raise ValueError(f"unknown action {ask.signal!r}")
+        why = refusal(ask.signal, ask.decision.actor, self._status, claimed_origin(ask.decision))
+        if why:
+            raise ValueError(why)
 
     async def _receive(self, signal: str, d: Decision) -> None:
         """One decision at a time, in arrival order: where it came from, then whether it counts.

@@ -93,7 +93,8 @@ def test_the_contract_names_are_the_workflows_own() -> None:
     )
     assert set(req.queries) == {contract.STATUS}
     assert set(req.updates) == {contract.SUBMITTED, contract.EXTEND, contract.DECIDE}
-    assert _types(AccessRequestWorkflow.decide) == [contract.DecideRequest, contract.DecideAnswer]
+    decide_types: list[typing.Any] = [contract.DecideRequest, contract.DecideAnswer]
+    assert _types(AccessRequestWorkflow.decide) == decide_types
     assert _types(AccessRequestWorkflow.run) == [contract.AccessRequest, contract.RequestStatus]
     assert _types(AccessRequestWorkflow.status) == [contract.RequestStatus]
     assert _types(AccessRequestWorkflow.submitted) == [contract.RequestStatus]

@@ -71,24 +71,32 @@ async def event_offsets(stack: Stack, workflow_id: str, origin: float, after: st
     """Seconds from `origin` (epoch) to each event of the workflow's latest run that has an
     `after` event, from the first one on (event type names without EVENT_TYPE_), keyed
     "TYPE #n" (n counts that type from `after`): where a request's time went, read from the
-    server's own clock."""
+    server's own clock. For an update, from the workflow task that took it."""
     from temporalio.api.enums.v1 import EventType
 
     history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
     for _ in range(5):  # a held grant continues in a fresh run 15 s after the GRANT: walk back
         start = history.events[0].workflow_execution_started_event_attributes
-        names = {EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events}
-        if after in names or not start.continued_execution_run_id:
+        kinds = {EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events}
+        if after in kinds or not start.continued_execution_run_id:
             break
         history = await stack.client.get_workflow_handle(
             workflow_id, run_id=start.continued_execution_run_id
         ).fetch_history()
+    names = [EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events]
+    if after not in names:
+        return {}
+    first = names.index(after)
+    if after == "WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
+        # The decision's update is the run's last (the first is the submission's). It is
+        # recorded when the workflow task that took it completes: its time starts at that
+        # task's scheduling.
+        first = len(names) - 1 - names[::-1].index(after)
+        while first > 0 and names[first] != "WORKFLOW_TASK_SCHEDULED":
+            first -= 1
     out: dict[str, float] = {}
     seen: Counter[str] = Counter()
-    for event in history.events:
-        name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
-        if not out and name != after:
-            continue
+    for name, event in zip(names[first:], history.events[first:], strict=True):
         seen[name] += 1
         out[f"{name} #{seen[name]}"] = event.event_time.ToMicroseconds() / 1e6 - origin
     return out

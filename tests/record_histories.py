@@ -44,7 +44,9 @@ from worker import build_worker
 #     fails), folded with every earlier patch into v10-folded
 # v11: burst-tail-after-revokes (an expiry woken late indexes and tells after a jittered
 #     wait), folded with every earlier patch into v11-folded
-VERSION = "v11"
+# v12: no new patch; decisions arrive as the decide update (operations.decide), so the
+#     histories hold update-accepted/completed events where earlier ones hold signals
+VERSION = "v12"
 NUMBER = int(VERSION[1:])  # compared as a number: "v10" < "v9" as strings
 OUT = Path(__file__).parent / "histories"
 

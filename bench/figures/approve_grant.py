@@ -118,11 +118,11 @@ async def _product(b: Bench) -> tuple[list[float], list[float], list[float], lis
     phases = await bounded(
         8,
         list(clicked_at.items()),
-        lambda x: product.event_offsets(stack, str(rids[x[0]]), x[1], "WORKFLOW_EXECUTION_SIGNALED"),
+        lambda x: product.event_offsets(stack, str(rids[x[0]]), x[1], "WORKFLOW_EXECUTION_UPDATE_ACCEPTED"),
     )
     b.report.note(
-        "approve click: from the click to each event after the signal (history event times): "
-        + (product.median_offsets(phases) or f"not read: {errors_of(phases)[:1]}")
+        "approve click: from the click to each event from the decision's workflow task on "
+        "(history event times): " + (product.median_offsets(phases) or f"not read: {errors_of(phases)[:1]}")
     )
     await _give_back(stack, role, rids)
     return grant_lat, ack_lat, floor, floor_connect

@@ -51,14 +51,18 @@ from rolecall.models import (
     Target,
 )
 from rolecall.pg import (
+    CONTAINED,
+    LOGIN_ROW,
     MAX_NAME_BYTES,
     Conn,
-    assert_safe_role,
-    check_login,
+    SafeRole,
     check_name_length,
     connect,
     grantor_oid,
+    judge_login,
     owned_objects,
+    read_all,
+    safe_role,
 )
 from rolecall.privileges import snapshot
 from rolecall.rules import check_reason
@@ -192,10 +196,6 @@ class PostgresActivities:
             )
         return snapshot
 
-    async def _exists(self, conn: Conn, name: str) -> bool:
-        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
-        return await cur.fetchone() is not None
-
     @activity.defn(name="check_request")
     async def check_request(self, req: AccessRequest) -> CheckResult:
         """Validate a request against the live config and database; refuse with a reason."""
@@ -221,7 +221,7 @@ class PostgresActivities:
             )
         db_user = inst.login_for(req.requester)
         async with connect(inst.target()) as conn:
-            warnings = await self._assert_grantable(conn, inst, req.role, db_user, req.requester)
+            warnings = (await self._assert_grantable(conn, inst, req.role, db_user, req.requester)).warnings
             cur = await conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [db_user, req.role])
             row = await cur.fetchone()
             assert row is not None
@@ -255,8 +255,12 @@ class PostgresActivities:
 
     async def _assert_grantable(
         self, conn: Conn, inst: Instance, role: str, db_user: str, requester: str
-    ) -> list[str]:
-        """Every rule of the check; run at request time and again, on its own connection, at grant."""
+    ) -> SafeRole:
+        """Every rule of the check; run at request time and again, on its own connection, at grant.
+
+        Two round trips: the role, the login and the role's closure are read together, then
+        what the closure owns and holds (`safe_role`).
+        """
         if not inst.is_requestable(role):
             raise NotFound(
                 f"role {role!r} is not requestable on instance {inst.name!r} "
@@ -264,14 +268,19 @@ class PostgresActivities:
             )
         check_name_length(role, "role")
         check_name_length(db_user, "database login")
-        if not await self._exists(conn, role):
+        exists, login, admin, contained = await read_all(
+            conn,
+            ("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]),
+            (LOGIN_ROW, [db_user]),
+            ("SELECT %s = current_user", [db_user]),
+            (CONTAINED, {"role": role}),
+        )
+        if not exists:
             raise NotFound(f"role {role!r} does not exist on instance {inst.name!r}")
-        await check_login(conn, db_user, requester, inst.name)
-        cur = await conn.execute("SELECT %s = current_user", [db_user])
-        row = await cur.fetchone()
-        if row and row[0]:
+        judge_login(login, db_user, requester, inst.name)
+        if admin and admin[0][0]:
             raise BadRequest(f"{db_user!r} is rolecall's own admin login on {inst.name!r}")
-        return await assert_safe_role(conn, role, role in inst.unsafe_allowed)
+        return await safe_role(conn, role, role in inst.unsafe_allowed, contained)
 
     @activity.defn(name="prepare_grant")
     async def prepare_grant(self, inp: GrantInput) -> PrepareResult:
@@ -326,15 +335,15 @@ class PostgresActivities:
             # even if the worker dies before its answer (a held transaction would not).
             async with connect(target) as conn:
                 try:
-                    warnings = await self._assert_grantable(conn, inst, inp.role, inp.db_user, inp.db_user)
+                    safe = await self._assert_grantable(conn, inst, inp.role, inp.db_user, inp.db_user)
                 except BadRequest as e:
                     raise GrantFailed(str(e)) from e
                 await self._assert_no_gain(conn, inst, inp, target)
-                owned = await owned_objects(conn, inp.role)
+                owned = await owned_objects(conn, inp.role, safe.contained)
                 await self._execute_grant(conn, inp, target)
                 row_xmin = await self._row_xmin(conn, inp.role, inp.db_user, target)
             activity.logger.info("granted %s to %s on %s", inp.role, inp.db_user, inst.name)
-            return GrantResult(granted=True, owned=owned, warnings=warnings, row_xmin=row_xmin)
+            return GrantResult(granted=True, owned=owned, warnings=safe.warnings, row_xmin=row_xmin)
         except RolecallError as e:
             raise e.to_application_error() from e
 

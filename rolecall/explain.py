@@ -22,9 +22,9 @@ from psycopg.conninfo import make_conninfo
 
 from rolecall.config import Instance
 from rolecall.errors import BadRequest, InstanceUnavailable, NotFound
-from rolecall.pg import open_dsn
+from rolecall.pg import Conn, open_dsn, read_all
 from rolecall.privileges import catalog, predefined
-from rolecall.privileges.catalog import Conn, Database, DatabaseRows, RawGrant
+from rolecall.privileges.catalog import Database, DatabaseRows, RawGrant
 from rolecall.privileges.graph import Closure, Edge, RoleInfo, closure
 from rolecall.privileges.model import (
     Attribute,
@@ -112,8 +112,8 @@ async def explain(
                 f"{what} {name!r} is longer than PostgreSQL's {MAX_NAME_BYTES}-byte limit for names"
             )
     names = [role, "pg_database_owner"] + ([login] if login else [])
-    edges = await catalog.edges(conn, names)
-    infos = await catalog.roles(conn, sorted({e.member for e in edges} | {e.role for e in edges}), names)
+    edge_rows, role_rows = await read_all(conn, *catalog.graph_reads(conn.info.server_version, names))
+    edges, infos = catalog.parse_edges(edge_rows), catalog.parse_roles(role_rows)
     by_name = {info.name: info for info in infos.values()}
     suffix = f" {where}" if where else ""
     if role not in by_name:
@@ -178,16 +178,22 @@ class _Builder:
         return sorted(oids)
 
     async def read(self, conn: Conn, connect: Connect | None) -> None:
-        dbs, admin = await catalog.databases(conn)
+        """Two round trips on `conn` (what the query's roles depend on, then the grants), and
+        one per other database read."""
+        db_rows, owned, lo = await read_all(
+            conn, catalog.DATABASES, catalog.owned_read(sorted(self.role.reachable)), catalog.LO_COMPAT
+        )
+        dbs, admin = catalog.parse_databases(db_rows)
         oids = self.query_oids(dbs)
         self.databases = {d.name: d for d in dbs}
-        self.raw += await catalog.shared_grants(conn, oids)
-        self.owned = await catalog.owned(conn, sorted(self.role.reachable))
-        cur = await conn.execute("SELECT current_setting('lo_compat_privileges')::bool")
-        row = await cur.fetchone()
-        self.lo_compat = bool(row and row[0])
+        self.owned = catalog.parse_owned(owned)
+        self.lo_compat = bool(lo and lo[0][0])
+        shared, *here_rows = await read_all(
+            conn, catalog.shared_grants_read(self.version, oids), *catalog.database_reads(oids)
+        )
+        self.raw += catalog.parse_shared_grants(shared)
         here = next(d for d in dbs if d.current)
-        self._add(here.name, await catalog.database_rows(conn, oids))
+        self._add(here.name, catalog.parse_database_rows(*here_rows))
         others = [d for d in dbs if not d.current and self._readable(d, admin, connect is not None)]
         gate = asyncio.Semaphore(_PARALLEL)
 

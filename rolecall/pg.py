@@ -19,12 +19,16 @@ from datetime import timedelta
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 from psycopg.conninfo import make_conninfo
 
 from rolecall.errors import BadRequest, ConfigError, DangerousRole, InstanceUnavailable, LoginNotFound
 from rolecall.models import Target
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
+Row = tuple[object, ...]
+# One read: a statement and its parameters.
+Read = tuple[str | sql.SQL | sql.Composed, "Params | None"]
 
 # Reused connections: one idle connection is kept per slot, for at most this long. Past a
 # short idle time a reused connection is pinged first, so a restarted server costs nothing.
@@ -86,6 +90,22 @@ async def open_dsn(dsn: str, *, connect_timeout: int, application_name: str, opt
         )
     conn.prepare_threshold = None
     return conn
+
+
+async def read_all(conn: Conn, *reads: Read) -> list[list[Row]]:
+    """Several reads that do not depend on each other, sent together: one round trip.
+
+    psycopg's pipeline mode; each read's rows come back in order. Only for reads: statements
+    between two syncs run as one implicit transaction, so a failing one aborts the rest (they
+    raise, nothing is half-read). On an idle server it saves ~0.1 ms per statement; on a busy
+    one it also saves the backend's wake-ups.
+    """
+    if len(reads) == 1:
+        cur = await conn.execute(*reads[0])
+        return [await cur.fetchall()]
+    async with conn.pipeline():
+        curs = [await conn.execute(query, params) for query, params in reads]
+        return [await cur.fetchall() for cur in curs]
 
 
 async def _open(target: Target, dsn: str, application_name: str) -> Conn:
@@ -183,24 +203,29 @@ def grantor_oid(grantor: str | None) -> sql.Composable:
     )
 
 
+# The login's own row: can it log in, and who is a member of it (a group role).
+LOGIN_ROW = """SELECT r.rolcanlogin,
+                  ARRAY(SELECT u.rolname::text FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+                        WHERE m.roleid = r.oid ORDER BY 1 LIMIT 4)
+           FROM pg_roles r WHERE r.rolname = %s"""
+
+
 async def check_login(conn: Conn, login: str, requester: str, instance: str) -> None:
+    (rows,) = await read_all(conn, (LOGIN_ROW, [login]))
+    judge_login(rows, login, requester, instance)
+
+
+def judge_login(rows: list[Row], login: str, requester: str, instance: str) -> None:
     """The login a request maps to must be one person's: a LOGIN role that no one is a member of.
 
     A group role would hand the lent role to every member, and ending "its" sessions would end
-    nobody's.
+    nobody's. `rows` are LOGIN_ROW's.
     """
-    cur = await conn.execute(
-        """SELECT r.rolcanlogin,
-                  ARRAY(SELECT u.rolname::text FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
-                        WHERE m.roleid = r.oid ORDER BY 1 LIMIT 4)
-           FROM pg_roles r WHERE r.rolname = %s""",
-        [login],
-    )
-    row = await cur.fetchone()
-    if row is None:
+    if not rows:
         raise LoginNotFound(
             f"database login {login!r} (for {requester}) does not exist on instance {instance!r}"
         )
+    row = rows[0]
     can_login, members = bool(row[0]), [str(m) for m in row[1]]  # type: ignore[attr-defined]
     if members:
         shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
@@ -216,7 +241,7 @@ async def check_login(conn: Conn, login: str, requester: str, instance: str) -> 
 
 
 # Every role the target contains, directly or not: a member can reach all of them.
-_CONTAINED = """
+CONTAINED = """
 WITH RECURSIVE up(oid, path) AS (
     SELECT r.oid, ARRAY[r.rolname::text] FROM pg_roles r WHERE r.rolname = %(role)s
   UNION
@@ -401,13 +426,17 @@ LIMIT 200
 
 
 async def contained_oids(conn: Conn, role: str) -> list[int]:
-    cur = await conn.execute(_CONTAINED, {"role": role})
+    cur = await conn.execute(CONTAINED, {"role": role})
     return [int(str(row[0])) for row in await cur.fetchall()]
 
 
-async def owned_objects(conn: Conn, role: str) -> list[str]:
-    """Objects owned by the role or a role it contains (at most 200, sorted)."""
-    cur = await conn.execute(_OWNED_LIST, {"oids": await contained_oids(conn, role)})
+async def owned_objects(conn: Conn, role: str, contained: list[int] | None = None) -> list[str]:
+    """Objects owned by the role or a role it contains (at most 200, sorted).
+
+    `contained`: the role's closure when the caller has just read it (the grant's safety check).
+    """
+    oids = contained if contained is not None else await contained_oids(conn, role)
+    cur = await conn.execute(_OWNED_LIST, {"oids": oids})
     return [str(row[0]) for row in await cur.fetchall()]
 
 
@@ -416,6 +445,14 @@ def _via(path: list[str]) -> str:
     if len(path) <= 1:
         return ""
     return " (through " + " -> ".join(f'"{p}"' for p in path[1:]) + ")"
+
+
+@dataclass(frozen=True)
+class SafeRole:
+    """What the safety check found: warnings for an exempt role, and the roles it contains."""
+
+    warnings: list[str]
+    contained: list[int]
 
 
 async def assert_safe_role(
@@ -427,8 +464,13 @@ async def assert_safe_role(
     objects or holding grant options lets a member give themselves lasting access, so those
     are refused unless the instance lists the role in `unsafe_allowed`.
     """
-    cur = await conn.execute(_CONTAINED, {"role": role})
-    rows = await cur.fetchall()
+    (rows,) = await read_all(conn, (CONTAINED, {"role": role}))
+    return (await safe_role(conn, role, exempt, rows)).warnings
+
+
+async def safe_role(conn: Conn, role: str, exempt: bool, rows: list[Row]) -> SafeRole:
+    """`assert_safe_role` on the role's closure already read (`rows`: CONTAINED's), so that a
+    caller can send that read with its own; the rest is one more round trip."""
     oids: list[int] = []
     for oid, name_, path_, *flags in rows:
         oids.append(int(str(oid)))
@@ -448,45 +490,40 @@ async def assert_safe_role(
             raise DangerousRole(
                 f'role "{role}" is or contains the predefined role "{name}"{_via(path)}, which is never lent'
             )
+    reads: list[Read] = [(_OWNED, {"oids": oids}), (_GRANT_OPTIONS.format(**acl_scope(oids)), {"oids": oids})]
+    if conn.info.server_version < 160000:
+        reads.append((_CREATE_RIGHTS, {"oids": oids}))
+    owned, grantable, creates = [*await read_all(conn, *reads), []][:3]
     warnings: list[str] = []
-    cur = await conn.execute(_OWNED, {"oids": oids})
-    owned = await cur.fetchone()
+
+    def unsafe(msg: str) -> None:
+        if not exempt:
+            raise DangerousRole(msg)
+        warnings.append(msg)
+
     if owned:
-        owner, here, datname, kind, identity = owned
+        owner, here, datname, kind, identity = owned[0]
         what = f"{kind} {identity}" if here else f"objects in database {datname}"
         if datname is None:
             what = f"{kind} {identity}"
-        msg = f'role "{owner}" owns {what}: members could grant themselves lasting access'
-        if not exempt:
-            raise DangerousRole(msg)
-        warnings.append(msg)
-    cur = await conn.execute(_GRANT_OPTIONS.format(**acl_scope(oids)), {"oids": oids})
-    grantable = await cur.fetchone()
+        unsafe(f'role "{owner}" owns {what}: members could grant themselves lasting access')
     if grantable:
-        holder, kind_, obj, privilege = grantable
+        holder, kind_, obj, privilege = grantable[0]
         kind = _RELKINDS.get(str(kind_), str(kind_))
-        msg = (
-            f'role "{holder}" holds {privilege} on {kind} {obj} WITH GRANT OPTION: '
-            "members could grant themselves lasting access"
-        )
         if privilege == "ADMIN OPTION":
-            msg = (
+            unsafe(
                 f'role "{holder}" holds ADMIN OPTION on role {obj}: '
                 "members could grant themselves lasting access"
             )
-        if not exempt:
-            raise DangerousRole(msg)
-        warnings.append(msg)
-    if conn.info.server_version < 160000:
-        cur = await conn.execute(_CREATE_RIGHTS, {"oids": oids})
-        creates = await cur.fetchone()
-        if creates:
-            holder, what = str(creates[0]), str(creates[1])
-            msg = (
-                f'role "{holder}" has {what}: on PostgreSQL 15 a member can SET ROLE to it and create '
-                "objects it owns, which outlive the revoke"
+        else:
+            unsafe(
+                f'role "{holder}" holds {privilege} on {kind} {obj} WITH GRANT OPTION: '
+                "members could grant themselves lasting access"
             )
-            if not exempt:
-                raise DangerousRole(msg)
-            warnings.append(msg)
-    return warnings
+    # 16 grants WITH SET FALSE, so a member cannot create objects as the role: 15's alone.
+    if creates:
+        unsafe(
+            f'role "{creates[0][0]}" has {creates[0][1]}: on PostgreSQL 15 a member can SET ROLE to it and '
+            "create objects it owns, which outlive the revoke"
+        )
+    return SafeRole(warnings, oids)

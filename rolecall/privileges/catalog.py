@@ -10,23 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
 from psycopg import sql
 
-from rolecall.pg import acl_scope
+from rolecall.pg import Conn, Read, Row, acl_scope, read_all
 from rolecall.privileges.graph import Edge, RoleInfo
-
-Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 # Every membership edge reachable from the start roles, one row per (member, role): on 16 a
 # row per grantor exists, and any of them with INHERIT (or SET) is enough.
-_EDGES = """
+_REACH = sql.SQL("""
 WITH RECURSIVE reach(oid) AS (
     SELECT oid FROM pg_roles WHERE rolname::text = ANY(%(names)s)
   UNION
     SELECT m.roleid FROM pg_auth_members m JOIN reach ON m.member = reach.oid
 )
-SELECT m.member, m.roleid, {inherit}, {set}, bool_or(m.admin_option)
+""")
+_EDGES = """{reach}SELECT m.member, m.roleid, {inherit}, {set}, bool_or(m.admin_option)
 FROM pg_auth_members m JOIN pg_roles mr ON mr.oid = m.member
 WHERE m.member IN (SELECT oid FROM reach)
 GROUP BY m.member, m.roleid
@@ -34,11 +32,14 @@ GROUP BY m.member, m.roleid
 _EDGE_OPTIONS_16 = (sql.SQL("bool_or(m.inherit_option)"), sql.SQL("bool_or(m.set_option)"))
 _EDGE_OPTIONS_15 = (sql.SQL("bool_or(mr.rolinherit)"), sql.SQL("true"))
 
-_ROLES = """
-SELECT oid, rolname::text, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlogin,
+# The roles of those edges: every one of them is in `reach`, and every role in `reach` is a
+# start role or the role of an edge, so this reads them in the same round trip as the edges.
+_ROLES = sql.SQL(
+    """{reach}SELECT oid, rolname::text, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlogin,
        rolcreatedb, rolinherit
-FROM pg_roles WHERE oid = ANY(%(oids)s::oid[]) OR rolname::text = ANY(%(names)s)
+FROM pg_roles WHERE oid IN (SELECT oid FROM reach)
 """
+).format(reach=_REACH)
 
 # ACLs that live in every database. A NULL ACL means the built-in default (acldefault), which
 # only matters to the owner here: PUBLIC's share is left out anyway. The large catalogs are
@@ -207,29 +208,38 @@ def _i(value: object) -> int:
     return int(str(value))
 
 
-async def edges(conn: Conn, names: list[str]) -> list[Edge]:
-    inherit, set_ = _EDGE_OPTIONS_16 if conn.info.server_version >= 160000 else _EDGE_OPTIONS_15
-    query = sql.SQL(_EDGES).format(inherit=inherit, set=set_)
-    cur = await conn.execute(query, {"names": names})
+def graph_reads(version: int, names: list[str]) -> list[Read]:
+    """The membership edges reachable from `names`, and those roles: one round trip."""
+    inherit, set_ = _EDGE_OPTIONS_16 if version >= 160000 else _EDGE_OPTIONS_15
     return [
-        Edge(member=_i(m), role=_i(r), inherit=bool(i), set_role=bool(s), admin=bool(a))
-        for m, r, i, s, a in await cur.fetchall()
+        (sql.SQL(_EDGES).format(reach=_REACH, inherit=inherit, set=set_), {"names": names}),
+        (_ROLES, {"names": names}),
     ]
 
 
-async def roles(conn: Conn, oids: list[int], names: list[str]) -> dict[int, RoleInfo]:
-    cur = await conn.execute(_ROLES, {"oids": oids, "names": names})
+def parse_edges(rows: list[Row]) -> list[Edge]:
+    return [
+        Edge(member=_i(m), role=_i(r), inherit=bool(i), set_role=bool(s), admin=bool(a))
+        for m, r, i, s, a in rows
+    ]
+
+
+def parse_roles(rows: list[Row]) -> dict[int, RoleInfo]:
     out = {}
-    for oid, name, *flags in await cur.fetchall():
+    for oid, name, *flags in rows:
         su, cr, bypass, repl, login, createdb, inherit = (bool(f) for f in flags)
         out[_i(oid)] = RoleInfo(_i(oid), str(name), su, cr, bypass, repl, login, createdb, inherit)
     return out
 
 
-async def databases(conn: Conn) -> tuple[list[Database], str]:
+# Reads explain sends together (rolecall.pg.read_all): each is a statement and its parameters,
+# and a parser of its rows, so that reads that do not depend on each other share a round trip.
+DATABASES: Read = (_DATABASES, None)
+LO_COMPAT: Read = ("SELECT current_setting('lo_compat_privileges')::bool", None)
+
+
+def parse_databases(rows: list[Row]) -> tuple[list[Database], str]:
     """Every database of the cluster, and the admin login's name."""
-    cur = await conn.execute(_DATABASES)
-    rows = await cur.fetchall()
     user = str(rows[0][6]) if rows else ""
     return [
         Database(str(n), bool(allow), bool(tmpl), bool(can), _i(owner), bool(cur_))
@@ -237,43 +247,59 @@ async def databases(conn: Conn) -> tuple[list[Database], str]:
     ], user
 
 
-async def shared_grants(conn: Conn, oids: list[int]) -> list[tuple[str, RawGrant]]:
+def shared_grants_read(version: int, oids: list[int]) -> Read:
     """Grants on databases, tablespaces and parameters, with the database they concern."""
-    parameters = _PARAMETERS if conn.info.server_version >= 150000 else sql.SQL("")
-    query = sql.SQL(_SHARED).format(parameters=parameters)
-    cur = await conn.execute(query, {"oids": oids})
+    parameters = _PARAMETERS if version >= 150000 else sql.SQL("")
+    return sql.SQL(_SHARED).format(parameters=parameters), {"oids": oids}
+
+
+def parse_shared_grants(rows: list[Row]) -> list[tuple[str, RawGrant]]:
     return [
         (str(db), RawGrant(_i(g), str(kind), "", str(name), "", str(p), bool(gr), _i(owner)))
-        for g, kind, db, name, p, gr, owner in await cur.fetchall()
+        for g, kind, db, name, p, gr, owner in rows
     ]
 
 
-async def owned(conn: Conn, oids: list[int]) -> list[tuple[str, str, int, str]]:
+def owned_read(oids: list[int]) -> Read:
     """(owner, database or "" for shared objects, count, one of them when it can be named here)
     from the cluster-wide pg_shdepend."""
-    cur = await conn.execute(_OWNED, {"oids": oids})
-    return [(str(r), str(d), _i(n), str(x or "")) for r, d, n, x in await cur.fetchall()]
+    return _OWNED, {"oids": oids}
 
 
-async def database_rows(conn: Conn, oids: list[int], whole: bool = False) -> DatabaseRows:
+def parse_owned(rows: list[Row]) -> list[tuple[str, str, int, str]]:
+    return [(str(r), str(d), _i(n), str(x or "")) for r, d, n, x in rows]
+
+
+def database_reads(oids: list[int], whole: bool = False) -> list[Read]:
     """The grants, default privileges and RLS policies of one database that concern `oids`.
 
     `whole` scans the whole catalogs instead of pg_shdepend's objects (the same answer, slower;
     the tests compare the two).
     """
-    cur = await conn.execute(_OBJECTS.format(**acl_scope(oids, whole)), {"oids": oids})
+    return [
+        (_OBJECTS.format(**acl_scope(oids, whole)), {"oids": oids}),
+        (_DEFAULTS, {"oids": oids}),
+        (_POLICIES, {"oids": [0, *oids]}),
+    ]
+
+
+def parse_database_rows(objects: list[Row], defaults: list[Row], policies: list[Row]) -> DatabaseRows:
     grants = [
         RawGrant(_i(g), str(k), str(s), str(n), str(c), str(p), bool(gr), _i(o), bool(sd), bool(r), bool(f))
-        for g, k, s, n, c, p, gr, o, sd, r, f in await cur.fetchall()
+        for g, k, s, n, c, p, gr, o, sd, r, f in objects
     ]
-    cur = await conn.execute(_DEFAULTS, {"oids": oids})
-    defaults = [
+    default_rows = [
         RawDefault(_i(c), str(cn), str(s), str(t), _i(g), str(gn), str(p), bool(gr))
-        for c, cn, s, t, g, gn, p, gr in await cur.fetchall()
+        for c, cn, s, t, g, gn, p, gr in defaults
     ]
-    cur = await conn.execute(_POLICIES, {"oids": [0, *oids]})
-    policies = [
+    policy_rows = [
         RawPolicy(str(s), str(t), str(n), tuple(_i(r) for r in rs))  # type: ignore[attr-defined]
-        for s, t, n, rs in await cur.fetchall()
+        for s, t, n, rs in policies
     ]
-    return DatabaseRows(grants, defaults, policies)
+    return DatabaseRows(grants, default_rows, policy_rows)
+
+
+async def database_rows(conn: Conn, oids: list[int], whole: bool = False) -> DatabaseRows:
+    """`database_reads` in one round trip, parsed."""
+    objects, defaults, policies = await read_all(conn, *database_reads(oids, whole))
+    return parse_database_rows(objects, defaults, policies)

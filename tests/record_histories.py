@@ -46,10 +46,7 @@ from worker import build_worker
 #     wait), folded with every earlier patch into v11-folded
 # v12: no new patch; decisions arrive as the decide update (operations.decide), so the
 #     histories hold update-accepted/completed events where earlier ones hold signals
-# v13: look-while-verifying (a signed approval starts the look before the GRANT beside its
-#     verification), folded with every earlier patch into v13-folded; recorded: a signed
-#     approval as the decide update (verified_update), as the Slack app sends it
-VERSION = "v13"
+VERSION = "v12"
 NUMBER = int(VERSION[1:])  # compared as a number: "v10" < "v9" as strings
 OUT = Path(__file__).parent / "histories"
 
@@ -233,17 +230,6 @@ async def main() -> None:
                 h = handle(client, s.id)
                 (OUT / f"{VERSION}-verified.json").write_text((await h.fetch_history()).to_json())
                 print("verified", (await get_status(client, s.id)).state.value)
-                if NUMBER >= 13:
-                    ask = AccessRequest(
-                        requester=email, instance="pg", role=role, duration=timedelta(seconds=2)
-                    )
-                    s = await submit(client, ask, "record")
-                    await asyncio.sleep(0.5)
-                    await decide(client, s.id, "approve", signed(s.id, "approve"))
-                    h = handle(client, s.id)
-                    await h.result()
-                    (OUT / f"{VERSION}-verified_update.json").write_text((await h.fetch_history()).to_json())
-                    print("verified_update", (await get_status(client, s.id)).state.value)
         async with worker():
             await scenario("relinquished", timedelta(hours=1), [("approve", dba), ("relinquish", me)])
             await scenario("expired", timedelta(seconds=2), [("approve", dba)])

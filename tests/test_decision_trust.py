@@ -7,11 +7,8 @@ Slack app makes them; the worker verifies them in a local activity.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import UTC, datetime, timedelta
-
-from temporalio.api.enums.v1 import EventType
 
 from rolecall.models import Decision, RequestState
 from rolecall.operations import handle
@@ -189,44 +186,3 @@ async def test_a_decision_with_a_field_this_worker_does_not_know_counts(make_sta
     )
     status = await stack.wait_state(rid, RequestState.GRANTED)
     assert status.decided_by == "dba@example.com" and status.decided_via == "cli"
-
-
-async def _local_activities(client, rid: str) -> list[tuple[int, str]]:
-    """(sequence number, activity type) of each local activity, from its marker: the order
-    in which the workflow started them."""
-    out = []
-    async for e in handle(client, rid).fetch_history_events():
-        attrs = e.marker_recorded_event_attributes
-        if e.event_type != EventType.EVENT_TYPE_MARKER_RECORDED or attrs.marker_name != "core_local_activity":
-            continue
-        data = json.loads(attrs.details["data"].payloads[0].data)
-        out.append((int(data["seq"]), str(data["activity_type"])))
-    return sorted(out)
-
-
-async def test_the_look_before_the_grant_runs_while_the_approval_is_verified(
-    make_stack, roles: Roles, pg
-) -> None:
-    """A signed approval starts the look before the GRANT with its verification, not after it.
-    A look started by an approval whose signature is then refused is not used: the approval
-    that counts looks again."""
-    role, login = roles.role(), roles.login()
-    stack = await make_stack([role])
-    rid = await stack.request(login, role)
-    h = handle(stack.client, rid)
-    await h.signal("approve", _slack(rid, "approve", at=datetime.now(UTC) - timedelta(minutes=10)))
-    status = await _wait_refused(stack, rid, 1)
-    assert status.state == RequestState.PENDING and "s old" in status.refused[0].why
-    await h.signal("approve", _slack(rid, "approve"))
-    status = await stack.wait_state(rid, RequestState.GRANTED)
-    assert status.decided_via == "slack (verified)" and pg.is_member(login, role)
-
-    started = [kind for _, kind in await _local_activities(stack.client, rid)]
-    # check; then, per approval, the look first and the verification beside it
-    assert started == [
-        "check_request",
-        "prepare_grant",
-        "verify_decision",
-        "prepare_grant",
-        "verify_decision",
-    ], started

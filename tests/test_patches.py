@@ -17,12 +17,7 @@ from worker import build_worker
 from workflows import patches
 from workflows.access_request import AccessRequestWorkflow
 
-ADDED_IN_V9_OR_LATER = (
-    "held-grant-continues",
-    "revoking-indexed-when-failing",
-    "burst-tail-after-revokes",
-    "look-while-verifying",
-)
+ADDED_IN_V9_OR_LATER = ("held-grant-continues", "revoking-indexed-when-failing", "burst-tail-after-revokes")
 
 
 def _as_v7(self: patches.Patches, patch_id: str) -> bool:
@@ -46,7 +41,7 @@ def _as_v8(self: patches.Patches, patch_id: str) -> bool:
 
 def _as_v9(self: patches.Patches, patch_id: str) -> bool:
     """What v9 asked: v9-folded first, then v8-folded, and nothing about what v10 added."""
-    if patch_id in ADDED_IN_V9_OR_LATER[1:]:
+    if patch_id in ("revoking-indexed-when-failing", "burst-tail-after-revokes"):
         return False
     folds = ((patches.FOLDED_INTO_V9, patches.FOLDED_V9), (patches.FOLDED_INTO, patches.FOLDED))
     return _folded(self, patch_id, folds)
@@ -54,22 +49,9 @@ def _as_v9(self: patches.Patches, patch_id: str) -> bool:
 
 def _as_v10(self: patches.Patches, patch_id: str) -> bool:
     """What v10 asked: v10-folded, v9-folded, v8-folded, and nothing about what v11 added."""
-    if patch_id in ADDED_IN_V9_OR_LATER[2:]:
+    if patch_id == "burst-tail-after-revokes":
         return False
     folds = (
-        (patches.FOLDED_INTO_V10, patches.FOLDED_V10),
-        (patches.FOLDED_INTO_V9, patches.FOLDED_V9),
-        (patches.FOLDED_INTO, patches.FOLDED),
-    )
-    return _folded(self, patch_id, folds)
-
-
-def _as_v12(self: patches.Patches, patch_id: str) -> bool:
-    """What v11 and v12 asked: v11-folded first, and nothing about what v13 added."""
-    if patch_id in ADDED_IN_V9_OR_LATER[3:]:
-        return False
-    folds = (
-        (patches.FOLDED_INTO_V11, patches.FOLDED_V11),
         (patches.FOLDED_INTO_V10, patches.FOLDED_V10),
         (patches.FOLDED_INTO_V9, patches.FOLDED_V9),
         (patches.FOLDED_INTO, patches.FOLDED),
@@ -163,18 +145,10 @@ async def test_a_request_granted_by_v10_is_revoked_by_v11(make_stack, roles: Rol
     assert after == [patches.FOLDED_INTO_V10]
 
 
-async def test_a_request_granted_by_v12_is_revoked_by_v13(make_stack, roles: Roles, pg, monkeypatch) -> None:
-    """A v12 grant relinquished under v13 replays as recorded and records no v13 marker: the
-    early look is asked about only with a signed approval."""
-    before, after = await _upgraded(make_stack, roles, pg, monkeypatch, _as_v12)
-    assert before == [patches.FOLDED_INTO_V11]
-    assert after == [patches.FOLDED_INTO_V11]
-
-
 async def test_a_new_request_records_one_patch_marker(make_stack, roles: Roles) -> None:
     role, login = roles.role(), roles.login()
     stack = await make_stack([role])
     rid = await stack.request(login, role, "1h")
     await stack.cli("deny", rid, "--as", "dba@example.com", "--reason", "not today")
     await stack.wait_state(rid, RequestState.DENIED)
-    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V13]
+    assert await _patch_markers(stack.client, rid) == [patches.FOLDED_INTO_V11]

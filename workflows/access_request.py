@@ -93,9 +93,6 @@ _LOCAL_READ_TIMEOUT = timedelta(seconds=10)
 _LOCAL_READ_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE
 )
-# The look before the GRANT taken while an approval's signature was verified serves the grant
-# only when it is this fresh (`_look_early`); an older one is taken again.
-_EARLY_LOOK_MAX_AGE = timedelta(seconds=1)
 # An expiry whose task started this late is in a burst: it indexes and tells after waiting
 # about twice as long, at most 1.5 x _BURST_TAIL_MAX (`_after_the_burst`).
 _BURST_LATENESS = timedelta(seconds=2)
@@ -147,12 +144,6 @@ def _as_activity_error(err: BaseException, method: Callable[..., Any]) -> Activi
     return wrapped
 
 
-def _forget(handle: workflow.ActivityHandle[Any]) -> None:
-    """A local activity whose result is no longer wanted: let it finish, and read its outcome
-    so that a failure is not reported as never retrieved."""
-    handle.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
 def _cancelled(err: ActivityError) -> bool:
     return isinstance(err.cause, CancelledError)
 
@@ -196,9 +187,6 @@ class AccessRequestWorkflow:
         self._patches = Patches()
         self._granted: GrantResult | None = None
         self._may_continue = False  # held past _CONTINUE_AFTER: continue once nothing is under way
-        self._awaiting_decision = False  # the run waits in _wait_for_decision
-        # The look before the GRANT, started with a signed approval's verification (`_look_early`).
-        self._early_look: tuple[datetime, workflow.ActivityHandle[PrepareResult]] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -262,10 +250,7 @@ class AccessRequestWorkflow:
                 self._nag_task = asyncio.create_task(
                     self._nag(lambda: self._decision is None, workflow.now())
                 )
-            self._awaiting_decision = True
-            decided = await self._wait_for_decision(policy)
-            self._awaiting_decision = False
-            if not decided:
+            if not await self._wait_for_decision(policy):
                 s.error = f"no approver decided within {format_duration(policy.approval_timeout)}"
                 return await self._finish(RequestState.TIMED_OUT, "timed_out")
 
@@ -307,15 +292,18 @@ class AccessRequestWorkflow:
             "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         }
         while True:
-            grant = self._grant_input(policy)
+            grant = GrantInput(
+                request_id=s.id,
+                instance=s.instance,
+                role=s.role,
+                db_user=s.db_user,
+                target=policy.target,
+                privileges=policy.privileges,
+            )
             grant_attempted = False
-            early, self._early_look = self._early_look, None
-            if early is not None and workflow.now() - early[0] > _EARLY_LOOK_MAX_AGE:
-                _forget(early[1])
-                early = None
             try:
                 prep: PrepareResult = await self._database_read(
-                    PostgresActivities.prepare_grant, grant, started=early[1] if early else None, **options
+                    PostgresActivities.prepare_grant, grant, **options
                 )
                 s.pre_existing = prep.pre_existing
                 if prep.pre_existing:
@@ -350,62 +338,7 @@ class AccessRequestWorkflow:
                 self._held_until = None
                 return await self._finish(RequestState.FAILED, "failed")
 
-    def _grant_input(self, policy: Policy) -> GrantInput:
-        s = self._status
-        assert s.db_user is not None
-        return GrantInput(
-            request_id=s.id,
-            instance=s.instance,
-            role=s.role,
-            db_user=s.db_user,
-            target=policy.target,
-            privileges=policy.privileges,
-        )
-
-    def _look_early(self, signal: str, d: Decision) -> None:
-        """Start the look before the GRANT while this approval's signature is verified.
-
-        Both are local activities of the same workflow task: side by side, a click costs the
-        longer of the two instead of their sum (bench/README.md, "Levers (2026-12-07)"). Only
-        for the approval that will decide the request if it is verified: signed, awaited, the
-        last one needed, and not refused by the rules it will be judged by. The look only
-        reads, so one that turns out not to be needed (the signature refused, a race lost) is
-        dropped; the grant takes it again when it is older than _EARLY_LOOK_MAX_AGE.
-        """
-        s, policy = self._status, self._policy
-        if (
-            signal != "approve"
-            or d.signature is None
-            or policy is None
-            or not self._awaiting_decision
-            or self._decision is not None
-            or self._early_look is not None
-            or len(s.approvals) + 1 < s.approvals_required
-            or refusal(signal, d.actor, s, "slack (verified)") is not None
-            or not self._patches.on("look-while-verifying")
-        ):
-            return
-        handle = workflow.start_local_activity_method(
-            PostgresActivities.prepare_grant,
-            self._grant_input(policy),
-            start_to_close_timeout=_LOCAL_READ_TIMEOUT,
-            retry_policy=_LOCAL_READ_RETRY,
-        )
-        self._early_look = (workflow.now(), handle)
-
-    def _drop_early_look(self) -> None:
-        """The approval that started the look did not decide the request."""
-        if self._early_look is not None and self._decision != "approve":
-            _forget(self._early_look[1])
-            self._early_look = None
-
-    async def _database_read(
-        self,
-        method: Callable[..., Any],
-        arg: Any,
-        started: workflow.ActivityHandle[Any] | None = None,
-        **options: Any,
-    ) -> Any:
+    async def _database_read(self, method: Callable[..., Any], arg: Any, **options: Any) -> Any:
         """Run a read-only database step (the check, or the look before the GRANT) locally first.
 
         A local activity runs inside the workflow task that asked for it and is recorded as a
@@ -421,8 +354,6 @@ class AccessRequestWorkflow:
         if not self._patches.on("local-database-reads"):
             return await workflow.execute_activity_method(method, arg, **options)
         try:
-            if started is not None:  # the same local attempts, started earlier (_look_early)
-                return await started
             return await workflow.execute_local_activity_method(
                 method,
                 arg,
@@ -1202,34 +1133,26 @@ class AccessRequestWorkflow:
 
     async def _settle(self, signal: str, d: Decision) -> None:
         async with self._decisions:
-            self._look_early(signal, d)
-            try:
-                await self._count(signal, d)
-            finally:
-                self._drop_early_look()
-
-    async def _count(self, signal: str, d: Decision) -> None:
-        """Where the decision came from, then what it does, or why it is refused (recorded)."""
-        via = await self._origin(signal, d)
-        if via is None:
-            return
-        if signal not in ("cancel", "relinquish") and not await self._still_in_group(signal, d, via):
-            return
-        if signal in ("approve_extension", "deny_extension"):
-            self._decide_extension(signal, d, via)
-            return
-        if signal in ("relinquish", "review"):
-            if self._refused(signal, d, via):
+            via = await self._origin(signal, d)
+            if via is None:
                 return
-            if signal == "review":
-                s = self._status
-                s.reviewed_by, s.reviewed_at, s.review_note = d.actor.lower(), workflow.now(), d.reason
-                self._notify("reviewed")
+            if signal not in ("cancel", "relinquish") and not await self._still_in_group(signal, d, via):
                 return
-            self._relinquished = d
-            self._status.decision_reason = d.reason or self._status.decision_reason
-            return
-        self._decide(signal, d, via)  # type: ignore[arg-type]
+            if signal in ("approve_extension", "deny_extension"):
+                self._decide_extension(signal, d, via)
+                return
+            if signal in ("relinquish", "review"):
+                if self._refused(signal, d, via):
+                    return
+                if signal == "review":
+                    s = self._status
+                    s.reviewed_by, s.reviewed_at, s.review_note = d.actor.lower(), workflow.now(), d.reason
+                    self._notify("reviewed")
+                    return
+                self._relinquished = d
+                self._status.decision_reason = d.reason or self._status.decision_reason
+                return
+            self._decide(signal, d, via)  # type: ignore[arg-type]
 
     async def _origin(self, signal: str, d: Decision) -> Origin | None:
         """ "slack (verified)", "cli" or "unverified"; None when a signature is refused (recorded)."""

@@ -18,8 +18,7 @@ replays without it. v9 folds the same way: a request started on v9 records `v9-f
 and takes every behaviour up to v9 (`FOLDED_V9`). A v8 request asks `v9-folded` first, which
 its history answers no (nothing is recorded in replay), then `v8-folded` as before, at the
 same call site; a v8 request that reaches a v9 patch live takes it, as any patch. v10 adds
-one fold more, the same way (`FOLDED_V10`), and so do v11 (`FOLDED_V11`) and v13 (`FOLDED_V13`;
-v12 added no patch).
+one fold more, the same way (`FOLDED_V10`), and so does v11 (`FOLDED_V11`).
 """
 
 from __future__ import annotations
@@ -57,12 +56,8 @@ FOLDED_V10 = FOLDED_V9 | {"revoking-indexed-when-failing"}
 FOLDED_INTO_V11 = "v11-folded"
 FOLDED_V11 = FOLDED_V10 | {"burst-tail-after-revokes"}
 
-FOLDED_INTO_V13 = "v13-folded"
-FOLDED_V13 = FOLDED_V11 | {"look-while-verifying"}
-
 # Newest first: a run asks a fold only about the patches it holds, and memoises the answer.
 _FOLDS = (
-    (FOLDED_INTO_V13, FOLDED_V13),
     (FOLDED_INTO_V11, FOLDED_V11),
     (FOLDED_INTO_V10, FOLDED_V10),
     (FOLDED_INTO_V9, FOLDED_V9),

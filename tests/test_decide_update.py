@@ -36,8 +36,13 @@ async def test_refused_decision_is_one_line_and_leaves_no_trace(make_stack, role
     stack = await make_stack([role])
     rid = await stack.request(login, role)
 
-    async def at_rest() -> bool:  # no workflow task in flight: the history is what it is
-        return (await _event_types(stack.client, rid))[-1] not in _TASK_IN_FLIGHT
+    async def at_rest() -> bool:
+        """No workflow task and no activity (the card's notification) in flight, and the history
+        unchanged around the look: nothing will add to it unless a decision does."""
+        events = await _event_types(stack.client, rid)
+        described = await operations.handle(stack.client, rid).describe()
+        idle = not described.raw_description.pending_activities and events[-1] not in _TASK_IN_FLIGHT
+        return idle and await _event_types(stack.client, rid) == events
 
     await eventually(at_rest, what="the request's workflow task to complete")
     before = await _event_types(stack.client, rid)

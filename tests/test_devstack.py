@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def _start(cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[
             break
         lines.append(line)
         if "Ctrl-C stops everything" in line:
+            # Keep reading: the stack and its children write to this pipe until they exit, and
+            # a full pipe would block them (a stop that never ends).
+            threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True).start()
             return proc, lines
     proc.kill()
     raise AssertionError("make run's stack did not come up:\n" + "".join(lines))

@@ -154,6 +154,9 @@ def main() -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    # Python raises KeyboardInterrupt on SIGINT only when SIGINT was not ignored at its start;
+    # a shell without job control (a script's `make run &`, some supervisors) starts it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         env["ROLECALL_DEMO_DSN"] = start_postgres(config)
         children.append(start_temporal())

@@ -26,6 +26,9 @@ def _start(cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Started with SIGINT ignored, as a shell without job control starts `make run &`:
+        # Ctrl-C must stop it all the same.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -44,10 +47,12 @@ def _start(cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[
     raise AssertionError("make run's stack did not come up:\n" + "".join(lines))
 
 
-def _stop(proc: subprocess.Popen[str]) -> int:
+def _stop(proc: subprocess.Popen[str], lines: list[str]) -> int:
     proc.send_signal(signal.SIGINT)
     try:
         return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("make run's stack did not stop within 30 s:\n" + "".join(lines[-80:])) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -102,7 +107,7 @@ def test_make_run_stack_grants_and_keeps_requests_across_restarts(tmp_path: Path
         )
         assert removed.returncode == 0, removed.stderr
     finally:
-        assert _stop(proc) == 0
+        assert _stop(proc, lines) == 0
 
     proc, lines = _start(tmp_path, env)  # the same state directory: the request is still there
     try:
@@ -134,7 +139,7 @@ def test_make_run_stack_grants_and_keeps_requests_across_restarts(tmp_path: Path
             assert time.monotonic() < deadline, "the new request never showed its approvers"
             time.sleep(0.3)
     finally:
-        assert _stop(proc) == 0
+        assert _stop(proc, lines) == 0
 
 
 def _temporal(port: int, *args: str) -> subprocess.CompletedProcess[str]:

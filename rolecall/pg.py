@@ -97,8 +97,8 @@ async def read_all(conn: Conn, *reads: Read) -> list[list[Row]]:
 
     psycopg's pipeline mode; each read's rows come back in order. Only for reads: statements
     between two syncs run as one implicit transaction, so a failing one aborts the rest (they
-    raise, nothing is half-read). On an idle server it saves ~0.1 ms per statement; on a busy
-    one it also saves the backend's wake-ups.
+    raise, nothing is half-read). PgBouncer passes it through: it is the ordinary extended
+    protocol. The grant activity alone went from 16-18 ms to 13-14 ms (bench/README.md).
     """
     if len(reads) == 1:
         cur = await conn.execute(*reads[0])

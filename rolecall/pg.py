@@ -210,11 +210,6 @@ LOGIN_ROW = """SELECT r.rolcanlogin,
            FROM pg_roles r WHERE r.rolname = %s"""
 
 
-async def check_login(conn: Conn, login: str, requester: str, instance: str) -> None:
-    (rows,) = await read_all(conn, (LOGIN_ROW, [login]))
-    judge_login(rows, login, requester, instance)
-
-
 def judge_login(rows: list[Row], login: str, requester: str, instance: str) -> None:
     """The login a request maps to must be one person's: a LOGIN role that no one is a member of.
 
@@ -493,7 +488,9 @@ async def safe_role(conn: Conn, role: str, exempt: bool, rows: list[Row]) -> Saf
     reads: list[Read] = [(_OWNED, {"oids": oids}), (_GRANT_OPTIONS.format(**acl_scope(oids)), {"oids": oids})]
     if conn.info.server_version < 160000:
         reads.append((_CREATE_RIGHTS, {"oids": oids}))
-    owned, grantable, creates = [*await read_all(conn, *reads), []][:3]
+    results = await read_all(conn, *reads)
+    owned, grantable = results[0], results[1]
+    creates = results[2] if len(results) > 2 else []
     warnings: list[str] = []
 
     def unsafe(msg: str) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -453,6 +454,9 @@ async def start_stack(counts: Counts, tmp: Path) -> Stack:
             "ROLECALL_TEMPORAL_ADDRESS": stack.temporal_address,
             "ROLECALL_TASK_QUEUE": TASK_QUEUE,
             "BENCH_SLACK_API_URL": stack.fake_url,
+            # Signed decisions, as docs/slack.md recommends: the Slack app signs every click
+            # and the worker verifies it (a local activity in the click's workflow task).
+            "ROLECALL_DECISION_KEY": secrets.token_urlsafe(32),
         }
     )
     return stack

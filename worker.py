@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -165,6 +166,18 @@ def build_worker(
     )
 
 
+def freeze_start_up() -> None:
+    """Leave what start-up made out of every later full garbage collection.
+
+    Modules, pydantic's schemas and the SDK's tables live as long as the process, yet each
+    full collection walks them again, with every thread stopped: in the bench's click figure
+    a full collection of the worker paused it 75 ms, 23 ms once they were frozen (bench/
+    README.md). Only objects alive now are frozen; cycles made later are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run(settings: Settings | None = None) -> None:
     """Run until SIGINT/SIGTERM, then let in-flight activities finish (bounded) and stop."""
     settings = settings or load_settings()
@@ -210,6 +223,7 @@ async def run(settings: Settings | None = None) -> None:
 
         await slack_session.enter_async_context(kept_alive(slack_client))
     async with slack_session, worker, asyncio.TaskGroup() as background:
+        freeze_start_up()
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_bind)
             reporter = background.create_task(

@@ -46,6 +46,27 @@ def serve_fake_slack(users_file: str, port_file: str, command_dir: str | None = 
     return 0
 
 
+def record_collections(name: str) -> None:
+    """With BENCH_GC (a directory): each collection of generation 1 or 2 and how long it paused
+    the process, one line each in `<name>.gc.txt` (wall time, generation, ms), for the notes."""
+    where = os.environ.get("BENCH_GC")
+    if not where:
+        return
+    import gc
+
+    out = open(Path(where) / f"{name}.gc.txt", "a", buffering=1)  # noqa: SIM115 - the process's life
+    began = [0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif info["generation"] >= 1:
+            paused = (time.perf_counter() - began[0]) * 1000
+            out.write(f"{time.time():.3f} {info['generation']} {paused:.2f}\n")
+
+    gc.callbacks.append(collected)
+
+
 def trace_memory(name: str) -> None:
     """With BENCH_TRACEMALLOC (a directory): SIGUSR1 starts tracing allocations, the next writes them.
 
@@ -144,7 +165,7 @@ async def bench_worker() -> None:
     from rolecall.config import ConfigStore, Settings
     from rolecall.slack_client import kept_alive
     from rolecall.temporal import connect
-    from worker import build_worker
+    from worker import build_worker, freeze_start_up
 
     options = worker_options()
     if options:  # an experiment (--worker-option): temporalio Worker arguments
@@ -160,6 +181,7 @@ async def bench_worker() -> None:
         setattr(worker_module, "Worker", with_options)  # noqa: B010
         print(f"bench worker options: {options}", flush=True)
     trace_memory("worker")
+    record_collections("worker")
     settings = Settings()
     config = ConfigStore(os.environ["ROLECALL_CONFIG"])
     client = await connect(settings)
@@ -179,6 +201,7 @@ async def bench_worker() -> None:
 
         await ensure_reconcile_schedules(client, config.get(), settings.task_queue)
     async with kept_alive(slack), worker:  # as `rolecall worker` does
+        freeze_start_up()
         print("bench worker ready", flush=True)
         await until_stopped()
 

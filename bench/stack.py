@@ -222,6 +222,21 @@ class Stack:
     def fake_commands(self) -> Path:
         return self.tmp / "fake-commands"
 
+    def collections(self, name: str, since: float, until: float) -> str:
+        """The garbage collections that paused a worker (`name`) between two wall times
+        (procs.record_collections): how many of each older generation, and the longest pause."""
+        path = self.tmp / f"{name}.gc.txt"
+        lines = path.read_text().split("\n") if path.exists() else []
+        seen = [
+            (int(g), float(p)) for t, g, p in (x.split() for x in lines if x) if since <= float(t) <= until
+        ]
+        parts = []
+        for gen in (2, 1):
+            pauses = [p for g, p in seen if g == gen]
+            if pauses:
+                parts.append(f"{len(pauses)} of generation {gen} (longest {max(pauses):.1f} ms)")
+        return f"{name} garbage collections: " + (", ".join(parts) or "none of generation 1 or 2")
+
     async def fake_slack(self, op: str, timeout: float = 60, **args: Any) -> dict[str, Any]:
         """One command to the fake Slack's process (procs.fake_commands), and its reply."""
         path = self.fake_commands / f"{time.monotonic_ns():020d}.json"
@@ -457,6 +472,7 @@ async def start_stack(counts: Counts, tmp: Path) -> Stack:
             # Signed decisions, as docs/slack.md recommends: the Slack app signs every click
             # and the worker verifies it (a local activity in the click's workflow task).
             "ROLECALL_DECISION_KEY": secrets.token_urlsafe(32),
+            "BENCH_GC": str(tmp),  # both workers record their collections (procs.record_collections)
         }
     )
     return stack

@@ -113,7 +113,9 @@ async def _product(b: Bench) -> tuple[list[float], list[float], list[float], lis
             _, acked = await sender.post(sender.approve_click(APPROVER_SLACK, str(rids[i])))
             return acked
 
+        began = time.time()
         grant_lat, ack_lat = await _one_at_a_time(conn, stack, role, n, click)
+        b.report.note(f"approve click: during the clicks, {stack.collections('worker', began, time.time())}")
         floor, floor_connect = await _bare_floor(conn, stack, n)
     phases = await bounded(
         8,
@@ -157,7 +159,10 @@ async def engine_floor(b: Bench) -> tuple[list[float], list[float]]:
         return time.monotonic() - t
 
     async with await psycopg.AsyncConnection.connect(stack.dsn, autocommit=True) as conn:
+        began = time.time()
         lat, sent = await _one_at_a_time(conn, stack, role, n, signal)
+        during = stack.collections("floor-worker", began, time.time())
+        b.report.note(f"signal->GRANT floor: during the signals, {during}")
         await bounded(16, handles, lambda h: asyncio.wait_for(h.result(), 60))
         for i in range(n):
             await conn.execute(

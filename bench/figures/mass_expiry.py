@@ -89,9 +89,13 @@ async def _product(b: Bench) -> tuple[Expiry, float]:
         f"expiry in {left:.1f}s")  # fmt: skip
     good = [(i, r) for i, r in enumerate(rids) if not isinstance(r, BaseException)]
     await asyncio.sleep(max(0.0, left - 1))
+    began = time.time()
     with CpuMeter(stack) as cpu:
         await _until_all_gone(b, 1.0)
-    b.report.note(f"mass expiry: from 1 s before the first expiry until all were gone: {_cpu(cpu, n)}")
+    during = stack.collections("worker", began, time.time())
+    b.report.note(
+        f"mass expiry: from 1 s before the first expiry until all were gone: {_cpu(cpu, n)}; {during}"
+    )
     results = await bounded(32, [r for _, r in good], lambda rid: product.result(stack, rid))
     out = Expiry(created_in=created_in)
     expires: list[float] = []
@@ -164,9 +168,13 @@ async def engine_floor(b: Bench) -> Expiry:
     out = Expiry(created_in=time.monotonic() - started)
     spare = expiry - time.time()
     await asyncio.sleep(max(0.0, spare - 1))
+    began = time.time()
     with CpuMeter(stack) as cpu:
         await _until_all_gone(b, 1.0)
-    b.report.note(f"mass expiry floor: from 1 s before the instant until all were gone: {_cpu(cpu, n)}")
+    during = stack.collections("floor-worker", began, time.time())
+    b.report.note(
+        f"mass expiry floor: from 1 s before the instant until all were gone: {_cpu(cpu, n)}; {during}"
+    )
     good = [h for h in handles if not isinstance(h, BaseException)]
     results = await bounded(32, good, lambda h: asyncio.wait_for(h.result(), 120))
     gone = [t for (_, r), t in b.watcher.gone.items() if r == role]

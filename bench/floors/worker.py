@@ -17,7 +17,7 @@ from temporalio.worker import Worker
 from bench.common import FLOOR_TASK_QUEUE
 from bench.floors.activities import FloorActivities
 from bench.floors.workflows import WORKFLOWS
-from bench.procs import trace_memory, until_stopped, worker_options
+from bench.procs import record_collections, trace_memory, until_stopped, worker_options
 from rolecall.config import ConfigStore, Settings
 
 
@@ -61,12 +61,15 @@ def build_floor_worker(client: Client, config: ConfigStore, instance: str = "pg"
 
 async def serve() -> None:
     from rolecall.temporal import connect
+    from worker import freeze_start_up
 
     trace_memory("floor-worker")
+    record_collections("floor-worker")
     client = await connect(Settings())
     config = ConfigStore(os.environ["ROLECALL_CONFIG"])
     worker = build_floor_worker(client, config)
     shared = ", ".join(sorted(product_worker_arguments(client, config)))
     async with worker:
+        freeze_start_up()  # as `rolecall worker` does
         print(f"bench floor worker ready (build_worker's arguments: {shared})", flush=True)
         await until_stopped()

@@ -16,10 +16,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_http import FakeServer
 
 # PagerDuty's own ceiling for classic pagination.
 MAX_LIMIT = 100
@@ -65,7 +67,7 @@ class FakePagerDuty:
     fault: int | str | None = None  # an HTTP status to answer, "hang", or None
     delay: float = 0.0  # seconds before every answer
     fault_path: str | None = None  # only this path misbehaves (None: all)
-    _server: ThreadingHTTPServer | None = None
+    _server: FakeServer | None = None
     _thread: threading.Thread | None = None
     _release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,7 +135,7 @@ class FakePagerDuty:
         class Handler(_Handler):
             pagerduty = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = FakeServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-pagerduty", daemon=True)
         self._thread.start()

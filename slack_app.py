@@ -52,7 +52,7 @@ def build_app(
         else os.environ.get("SLACK_SIGNING_SECRET"),
         process_before_response=False,
     )
-    key = settings.decision_key.get_secret_value().encode() if settings.decision_key else None
+    key = settings.decision_key_bytes
     if not key:
         log.warning(
             "ROLECALL_DECISION_KEY is not set: decisions from Slack are sent unsigned and recorded "

@@ -171,8 +171,9 @@ def freeze_start_up() -> None:
 
     Modules, pydantic's schemas and the SDK's tables live as long as the process, yet each
     full collection walks them again, with every thread stopped: in the bench's click figure
-    a full collection of the worker paused it 75 ms, 23 ms once they were frozen (bench/
-    README.md). Only objects alive now are frozen; cycles made later are collected as before.
+    a full collection of the worker paused it 75-87 ms, 24-41 ms once they were frozen
+    (bench/README.md). Only objects alive now are frozen; cycles made later are collected as
+    before.
     """
     gc.collect()
     gc.freeze()
@@ -206,7 +207,7 @@ async def run(settings: Settings | None = None) -> None:
         slack_client=slack_client,
         slack_identity=identity,
         graceful_shutdown=settings.graceful_shutdown,
-        decision_key=settings.decision_key.get_secret_value().encode() if settings.decision_key else None,
+        decision_key=settings.decision_key_bytes,
         interceptors=[in_flight],
         max_cached_workflows=settings.max_cached_workflows,
         workflow_sandbox=settings.workflow_sandbox,

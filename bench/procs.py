@@ -194,7 +194,7 @@ async def bench_worker() -> None:
         max_cached_workflows=settings.max_cached_workflows,
         workflow_sandbox=settings.workflow_sandbox,
         sticky_timeout=settings.sticky_timeout,
-        decision_key=settings.decision_key.get_secret_value().encode() if settings.decision_key else None,
+        decision_key=settings.decision_key_bytes,
     )
     with contextlib.suppress(ImportError):  # as `rolecall worker` does, where it exists
         from rolecall.schedules import ensure_reconcile_schedules

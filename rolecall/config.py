@@ -561,6 +561,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("SLACK_ENTERPRISE_ID", "slack_enterprise_id")
     )
 
+    @property
+    def decision_key_bytes(self) -> bytes | None:
+        return self.decision_key.get_secret_value().encode() if self.decision_key else None
+
     @field_validator("slack_team_id", "slack_enterprise_id")
     @classmethod
     def _slack_id(cls, value: str | None) -> str | None:

@@ -8,14 +8,15 @@ the CLI's one line (CI saw that once in test_rules).
 
 from __future__ import annotations
 
+import sys
 from http.server import ThreadingHTTPServer
 from typing import Any
 
 
 class FakeServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
+    daemon_threads = True  # a request in flight never holds the test process open
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # broken pipe, reset: the client left
             return
         super().handle_error(request, client_address)

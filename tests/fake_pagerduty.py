@@ -136,7 +136,6 @@ class FakePagerDuty:
             pagerduty = fake
 
         self._server = FakeServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-pagerduty", daemon=True)
         self._thread.start()
         os.environ[self.token_env] = self.token

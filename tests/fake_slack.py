@@ -166,7 +166,6 @@ class FakeSlack:
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._server = FakeServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     # ---- lifecycle -----------------------------------------------------------------------

@@ -236,7 +236,8 @@ def judge_login(rows: list[Row], login: str, requester: str, instance: str) -> N
 
 
 # Every role the target contains, directly or not: a member can reach all of them.
-CONTAINED = """
+# The role and every role it is a member of, directly or not, with the path to each.
+_CLOSURE = """
 WITH RECURSIVE up(oid, path) AS (
     SELECT r.oid, ARRAY[r.rolname::text] FROM pg_roles r WHERE r.rolname = %(role)s
   UNION
@@ -246,11 +247,15 @@ WITH RECURSIVE up(oid, path) AS (
     JOIN pg_roles r ON r.oid = m.roleid
     WHERE NOT r.rolname::text = ANY(up.path)
 )
-SELECT DISTINCT ON (r.oid) r.oid, r.rolname, up.path, r.rolsuper, r.rolcreaterole,
+"""
+CONTAINED = (
+    _CLOSURE
+    + """SELECT DISTINCT ON (r.oid) r.oid, r.rolname, up.path, r.rolsuper, r.rolcreaterole,
        r.rolbypassrls, r.rolreplication, r.rolcanlogin
 FROM up JOIN pg_roles r ON r.oid = up.oid
 ORDER BY r.oid, array_length(up.path, 1)
 """
+)
 
 # Objects owned by any of the roles, in any database (pg_shdepend is cluster-wide).
 _OWNED = """
@@ -406,7 +411,7 @@ LIMIT 1
 """
 
 # What the roles own, named; objects in other databases can only be counted from here.
-_OWNED_LIST = """
+_OWNED_LIST_OF = """
 SELECT CASE WHEN d.datname IS NULL OR d.datname = current_database()
             THEN (pg_identify_object(s.classid, s.objid, s.objsubid)).type || ' '
                  || (pg_identify_object(s.classid, s.objid, s.objsubid)).identity
@@ -414,10 +419,13 @@ SELECT CASE WHEN d.datname IS NULL OR d.datname = current_database()
                  || quote_ident(d.datname)
        END
 FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
-WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o' AND s.refobjid = ANY(%(oids)s)
+WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o' AND s.refobjid = {owners}
 ORDER BY 1
 LIMIT 200
 """
+_OWNED_LIST = _OWNED_LIST_OF.format(owners="ANY(%(oids)s)")
+# The same list for a role named, its closure read in the same statement: one round trip.
+_OWNED_LIST_BY_CLOSURE = _CLOSURE + _OWNED_LIST_OF.format(owners="ANY(ARRAY(SELECT oid FROM up))")
 
 
 async def contained_oids(conn: Conn, role: str) -> list[int]:
@@ -425,14 +433,19 @@ async def contained_oids(conn: Conn, role: str) -> list[int]:
     return [int(str(row[0])) for row in await cur.fetchall()]
 
 
+def owned_objects_read(role: str) -> Read:
+    """`owned_objects` as one read, to send with others (`read_all`); rows of one column."""
+    return (_OWNED_LIST_BY_CLOSURE, {"role": role})
+
+
 async def owned_objects(conn: Conn, role: str, contained: list[int] | None = None) -> list[str]:
     """Objects owned by the role or a role it contains (at most 200, sorted).
 
     `contained`: the role's closure when the caller has just read it (the grant's safety check).
     """
-    oids = contained if contained is not None else await contained_oids(conn, role)
-    cur = await conn.execute(_OWNED_LIST, {"oids": oids})
-    return [str(row[0]) for row in await cur.fetchall()]
+    read = owned_objects_read(role) if contained is None else (_OWNED_LIST, {"oids": contained})
+    (rows,) = await read_all(conn, read)
+    return [str(row[0]) for row in rows]
 
 
 def _via(path: list[str]) -> str:

@@ -91,3 +91,19 @@ async def test_without_session_termination(make_stack, roles: Roles, pg) -> None
         assert rows == [(role, 0)]
         set_role.close()
     inheriting.close()
+
+
+async def test_access_kept_through_a_grant_made_by_hand_is_reported_not_touched(
+    make_stack, roles: Roles, pg
+) -> None:
+    """rolecall takes back its own row; a path someone else opened while it was lent stays, said."""
+    role, login, parent = roles.role(), roles.login(), roles.role("parent")
+    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(parent)))
+    stack = await make_stack([role])
+    rid = await _granted(stack, login, role)
+    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(login)))
+    await _relinquish(stack, rid, login)
+    assert pg.is_member(login, role), "the hand-made path through another role is not rolecall's"
+    assert pg.is_member(login, parent)
+    status = await stack.status(rid)
+    assert f"{login!r} still has {role!r} through a grant made outside rolecall" in status.warnings

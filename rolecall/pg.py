@@ -457,10 +457,13 @@ def _via(path: list[str]) -> str:
 
 @dataclass(frozen=True)
 class SafeRole:
-    """What the safety check found: warnings for an exempt role, and the roles it contains."""
+    """What the safety check found: warnings for an exempt role, and the roles it contains.
+
+    `also`: the rows of a read the caller sent with the check's first round trip."""
 
     warnings: list[str]
     contained: list[int]
+    also: list[Row] = field(default_factory=list)
 
 
 async def assert_safe_role(

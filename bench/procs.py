@@ -215,6 +215,7 @@ async def bench_app() -> None:
     from rolecall.temporal import connect
     from slack_app import build_app
 
+    record_collections("app")
     settings = Settings()
     config = ConfigStore(os.environ.get("ROLECALL_CONFIG") or settings.config)
     client = await connect(settings)

@@ -115,7 +115,9 @@ async def _product(b: Bench) -> tuple[list[float], list[float], list[float], lis
 
         began = time.time()
         grant_lat, ack_lat = await _one_at_a_time(conn, stack, role, n, click)
-        b.report.note(f"approve click: during the clicks, {stack.collections('worker', began, time.time())}")
+        ended = time.time()
+        b.report.note(f"approve click: during the clicks, {stack.collections('worker', began, ended)}")
+        b.report.note(f"approve click: during the clicks, {stack.collections('app', began, ended)}")
         floor, floor_connect = await _bare_floor(conn, stack, n)
     phases = await bounded(
         8,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -158,6 +157,11 @@ async def _terminate_sessions(conn: Conn, login: str) -> list[int]:
     return pids
 
 
+def _xmin(rows: list[Row]) -> str | None:
+    """The xmin that `_row_xmin_read` found, or None: no row of rolecall's."""
+    return str(rows[0][0]) if rows else None
+
+
 @asynccontextmanager
 async def heartbeating(every: float = 2.0) -> AsyncIterator[None]:
     """Heartbeat while the body runs, so Temporal notices a dead worker within the timeout."""
@@ -227,7 +231,8 @@ class PostgresActivities:
             )
         db_user = inst.login_for(req.requester)
         async with connect(inst.target()) as conn:
-            warnings = (await self._assert_grantable(conn, inst, req.role, db_user, req.requester)).warnings
+            safe, _ = await self._assert_grantable(conn, inst, req.role, db_user, req.requester)
+            warnings = safe.warnings
             cur = await conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [db_user, req.role])
             row = await cur.fetchone()
             assert row is not None
@@ -261,12 +266,12 @@ class PostgresActivities:
 
     async def _assert_grantable(
         self, conn: Conn, inst: Instance, role: str, db_user: str, requester: str, also: Read | None = None
-    ) -> SafeRole:
+    ) -> tuple[SafeRole, list[Row]]:
         """Every rule of the check; run at request time and again, on its own connection, at grant.
 
         Two round trips: the role, the login and the role's closure are read together (with
-        `also`, a read of the caller's that cannot fail on a missing name; its rows are
-        `SafeRole.also`), then what the closure owns and holds (`safe_role`).
+        `also`, a read of the caller's that cannot fail on a missing name; its rows come back
+        beside the verdict), then what the closure owns and holds (`safe_role`).
         """
         if not inst.is_requestable(role):
             raise NotFound(
@@ -289,7 +294,7 @@ class PostgresActivities:
         if admin and admin[0][0]:
             raise BadRequest(f"{db_user!r} is rolecall's own admin login on {inst.name!r}")
         safe = await safe_role(conn, role, role in inst.unsafe_allowed, contained)
-        return dataclasses.replace(safe, also=extra[0]) if extra else safe
+        return safe, extra[0] if extra else []
 
     @activity.defn(name="prepare_grant")
     async def prepare_grant(self, inp: GrantInput) -> PrepareResult:
@@ -345,11 +350,13 @@ class PostgresActivities:
             async with connect(target) as conn:
                 ours = self._row_xmin_read(inp.role, inp.db_user, target)
                 try:
-                    safe = await self._assert_grantable(conn, inst, inp.role, inp.db_user, inp.db_user, ours)
+                    safe, row = await self._assert_grantable(
+                        conn, inst, inp.role, inp.db_user, inp.db_user, ours
+                    )
                 except BadRequest as e:
                     raise GrantFailed(str(e)) from e
                 # An earlier attempt's GRANT committed before its answer was lost: its row is here.
-                if not safe.also:
+                if _xmin(row) is None:
                     await self._assert_no_gain(conn, inst, inp)
                 owned = await owned_objects(conn, inp.role, safe.contained)
                 await self._execute_grant(conn, inp, target)
@@ -471,19 +478,16 @@ class PostgresActivities:
 
     async def _row_xmin(self, conn: Conn, role: str, login: str, target: Target) -> str | None:
         (rows,) = await read_all(conn, self._row_xmin_read(role, login, target))
-        return str(rows[0][0]) if rows else None
+        return _xmin(rows)
 
-    def _is_ours(self, rows: list[Row], inp: RevokeInput) -> bool:
-        """Is rolecall's row there (`rows`: `_row_xmin_read`'s): by its grantor, and with
-        require_ours by its exact xmin too."""
-        xmin = str(rows[0][0]) if rows else None
+    def _is_ours(self, xmin: str | None, inp: RevokeInput) -> bool:
+        """Is rolecall's row there: by its grantor, and with require_ours by its exact xmin too."""
         if inp.require_ours:
             return xmin is not None and xmin == inp.row_xmin
         return xmin is not None
 
     async def _ours(self, conn: Conn, inp: RevokeInput, target: Target) -> bool:
-        (rows,) = await read_all(conn, self._row_xmin_read(inp.role, inp.db_user, target))
-        return self._is_ours(rows, inp)
+        return self._is_ours(await self._row_xmin(conn, inp.role, inp.db_user, target), inp)
 
     async def _verify_revoked(
         self, conn: Conn, inp: RevokeInput, target: Target, ended: list[int]
@@ -505,7 +509,7 @@ class PostgresActivities:
         if inp.owned_at_grant is not None:
             reads.append(owned_objects_read(inp.role))
         results = await read_all(conn, *reads)
-        if self._is_ours(results[0], inp):
+        if self._is_ours(_xmin(results[0]), inp):
             raise RevokeNotVerified(
                 f"{inp.db_user!r} is still a member of {inp.role!r} on {inp.instance!r} after REVOKE"
             )

@@ -235,7 +235,6 @@ def judge_login(rows: list[Row], login: str, requester: str, instance: str) -> N
         )
 
 
-# Every role the target contains, directly or not: a member can reach all of them.
 # The role and every role it is a member of, directly or not, with the path to each.
 _CLOSURE = """
 WITH RECURSIVE up(oid, path) AS (
@@ -248,6 +247,7 @@ WITH RECURSIVE up(oid, path) AS (
     WHERE NOT r.rolname::text = ANY(up.path)
 )
 """
+# Every role the target contains, directly or not: a member can reach all of them.
 CONTAINED = (
     _CLOSURE
     + """SELECT DISTINCT ON (r.oid) r.oid, r.rolname, up.path, r.rolsuper, r.rolcreaterole,
@@ -457,13 +457,10 @@ def _via(path: list[str]) -> str:
 
 @dataclass(frozen=True)
 class SafeRole:
-    """What the safety check found: warnings for an exempt role, and the roles it contains.
-
-    `also`: the rows of a read the caller sent with the check's first round trip."""
+    """What the safety check found: warnings for an exempt role, and the roles it contains."""
 
     warnings: list[str]
     contained: list[int]
-    also: list[Row] = field(default_factory=list)
 
 
 async def assert_safe_role(
